@@ -1,0 +1,1 @@
+"""Argo Rollouts analysis dry run: run AnalysisTemplates against a live Prometheus, Argo's rules."""
