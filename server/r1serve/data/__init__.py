@@ -1,0 +1,1 @@
+"""Text and templates the tiny checkpoint is built from."""

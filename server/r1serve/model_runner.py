@@ -1,0 +1,205 @@
+"""ModelRunner: the engine's one handle on the model.
+
+It loads the checkpoint, owns the paged KV cache, and runs one forward pass over a ragged batch of
+sequences per step. The caller (the block manager) owns block allocation; block ids are in
+`[0, num_blocks)`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from r1serve.checkpoint import GenerationDefaults, ModelConfig, load_config, load_generation_defaults
+from r1serve.model import AttentionMetadata, CausalLM, load_model
+from r1serve.tokenizer import Tokenizer
+
+CPU_KV_CACHE_BYTES = 256 * 2**20
+DEFAULT_MAX_MODEL_LEN = 8192
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+@dataclass
+class ScheduledSeq:
+    token_ids: Sequence[int]  # the tokens to compute this step (a prompt, a chunk of it, or the last token)
+    start_pos: int  # position of token_ids[0] = tokens of this sequence already in the KV cache
+    block_table: Sequence[int]  # KV block ids of this sequence, enough for start_pos + len(token_ids)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"invalid device {device!r} (use auto, cpu, cuda or cuda:N)") from e
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"invalid dtype {dtype!r} (use auto, {', '.join(DTYPES)})")
+    return DTYPES[dtype]
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        kv_cache_memory: int = 0,
+        gpu_memory_utilization: float = 0.9,
+        block_size: int = 16,
+        max_model_len: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        model_dir = Path(model_dir)
+        self.config: ModelConfig = load_config(model_dir)
+        self.generation_defaults: GenerationDefaults = load_generation_defaults(model_dir, self.config)
+        self.tokenizer = Tokenizer(model_dir)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        if block_size < 1:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        self.block_size = block_size
+        limit = self.config.max_position_embeddings
+        if max_model_len is not None and not 0 < max_model_len <= limit:
+            raise ValueError(
+                f"max_model_len {max_model_len} is outside 1..{limit} (the model's max_position_embeddings)"
+            )
+        self.max_model_len = max_model_len or min(limit, DEFAULT_MAX_MODEL_LEN)
+        self.model: CausalLM = load_model(model_dir, self.config, self.device, self.dtype, progress=progress)
+
+        cfg = self.config
+        self._block_shape = (self.block_size, cfg.num_key_value_heads, cfg.head_dim)
+        self.block_bytes = 2 * cfg.num_hidden_layers * math.prod(self._block_shape) * self.dtype.itemsize
+        budget = kv_cache_memory or self._auto_kv_budget(gpu_memory_utilization)
+        self.num_blocks = budget // self.block_bytes
+        needed = -(-self.max_model_len // self.block_size)
+        if self.num_blocks < needed:
+            raise ValueError(
+                f"KV cache of {budget / 2**20:.0f} MiB holds {self.num_blocks} blocks of "
+                f"{self.block_size} tokens; "
+                f"one sequence of max_model_len {self.max_model_len} needs {needed}: "
+                "raise kv_cache_memory / gpu_memory_utilization or lower max_model_len"
+            )
+        self.kv_cache = self._allocate_cache(self.num_blocks)
+        self.kv_cache_bytes = self.kv_cache.numel() * self.kv_cache.element_size()
+        self.model.bind_kv_cache(self.kv_cache)
+
+    def _allocate_cache(self, num_blocks: int) -> torch.Tensor:
+        cfg = self.config
+        shape = (2, cfg.num_hidden_layers, num_blocks, *self._block_shape)
+        return torch.zeros(shape, dtype=self.dtype, device=self.device)
+
+    def _auto_kv_budget(self, utilization: float) -> int:
+        if self.device.type != "cuda":
+            return CPU_KV_CACHE_BYTES
+        # Profile the largest step (one max_model_len prefill) against a just-big-enough cache, then
+        # give the KV cache what is left of `utilization` of the card after weights and that peak.
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        blocks = -(-self.max_model_len // self.block_size)
+        self.model.bind_kv_cache(self._allocate_cache(blocks))
+        profile_cache_bytes = blocks * self.block_bytes
+        self.run([ScheduledSeq([0] * self.max_model_len, 0, list(range(blocks)))])
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        self.model.bind_kv_cache(torch.empty(0, device=self.device))
+        torch.cuda.empty_cache()
+        current = torch.cuda.memory_allocated(self.device)
+        free, total = torch.cuda.mem_get_info(self.device)
+        used_elsewhere = total - free - torch.cuda.memory_reserved(self.device)
+        budget = int(total * utilization) - used_elsewhere - (peak - profile_cache_bytes)
+        if budget <= 0:
+            raise ValueError(
+                f"no GPU memory left for the KV cache: weights and activations take {peak / 2**30:.1f} GiB "
+                f"(+{used_elsewhere / 2**30:.1f} GiB used by others, {current / 2**30:.1f} GiB resident) "
+                f"of {utilization:.0%} of {total / 2**30:.1f} GiB"
+            )
+        return budget
+
+    def _metadata(
+        self, batch: list[ScheduledSeq]
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        cu_seqlens = [0]
+        start_pos: list[int] = []
+        context_lens: list[int] = []
+        max_blocks = 0
+        for i, seq in enumerate(batch):
+            n, start = len(seq.token_ids), seq.start_pos
+            end = start + n
+            if n == 0 or start < 0:
+                raise ValueError(f"batch[{i}]: needs at least one token and start_pos >= 0")
+            if end > self.max_model_len:
+                raise ValueError(f"batch[{i}]: {end} tokens exceed max_model_len {self.max_model_len}")
+            if len(seq.block_table) * bs < end:
+                raise ValueError(f"batch[{i}]: {len(seq.block_table)} blocks cannot hold {end} tokens")
+            input_ids.extend(seq.token_ids)
+            positions.extend(range(start, end))
+            table = seq.block_table
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            cu_seqlens.append(cu_seqlens[-1] + n)
+            start_pos.append(start)
+            context_lens.append(end)
+            max_blocks = max(max_blocks, -(-end // bs))
+        tables = torch.zeros(len(batch), max_blocks, dtype=torch.int32)
+        for i, seq in enumerate(batch):
+            used = -(-context_lens[i] // bs)
+            tables[i, :used] = torch.tensor(seq.block_table[:used], dtype=torch.int32)
+        if tables.numel() and not (int(tables.min()) >= 0 and int(tables.max()) < self.num_blocks):
+            raise ValueError(f"block ids must be in [0, {self.num_blocks})")
+
+        def dev(values: list[int] | torch.Tensor, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+            t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
+            return t.to(self.device, non_blocking=True)
+
+        meta = AttentionMetadata(
+            slot_mapping=dev(slots),
+            cu_seqlens_q=dev(cu_seqlens, torch.int32),
+            start_pos=dev(start_pos),
+            context_lens=dev(context_lens),
+            block_tables=dev(tables),
+            max_query_len=max(len(s.token_ids) for s in batch),
+            max_context_len=max(context_lens),
+        )
+        last_token = dev([end - 1 for end in cu_seqlens[1:]])
+        return dev(input_ids), dev(positions), meta, last_token
+
+    @torch.inference_mode()
+    def run(self, batch: list[ScheduledSeq]) -> torch.Tensor:
+        """One forward pass over all sequences (packed into one token batch); writes their new K/V into
+        the cache and returns float32 logits `[len(batch), vocab]` of each entry's last token."""
+        if not batch:
+            raise ValueError("empty batch")
+        input_ids, positions, meta, last_token = self._metadata(batch)
+        hidden = self.model(input_ids, positions, meta)
+        return self.model.compute_logits(hidden[last_token]).float()
+
+    def warmup(self) -> None:
+        """One small forward so the first request pays no lazy-initialisation cost. Writes block 0,
+        so call it before serving."""
+        self.run([ScheduledSeq([0] * min(4, self.block_size, self.max_model_len), 0, [0])])
