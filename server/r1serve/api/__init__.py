@@ -1,0 +1,1 @@
+"""The HTTP side: OpenAI-compatible routes, probes, metrics and graceful drain (FastAPI + uvicorn)."""

@@ -1,0 +1,36 @@
+"""The FastAPI application: routes, error shapes, metrics and drain middleware, model loading."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from r1serve.api import openai_routes, ops_routes
+from r1serve.api.drain import DrainMiddleware
+from r1serve.api.errors import install_error_handlers
+from r1serve.api.metrics import MetricsMiddleware
+from r1serve.api.state import ServerState
+from r1serve.config import Settings
+
+
+def create_app(settings: Settings, on_fatal: Callable[[str], None]) -> FastAPI:
+    state = ServerState(settings, on_fatal)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.start_loading(asyncio.get_running_loop())
+        yield
+        state.shutdown()
+
+    app = FastAPI(title="r1serve", version=ops_routes.package_version(), lifespan=lifespan)
+    app.state.server = state
+    install_error_handlers(app)
+    app.include_router(ops_routes.router)
+    app.include_router(openai_routes.router)
+    # Outermost last: metrics see every response, including the drain's 503s.
+    app.add_middleware(DrainMiddleware, drain=state.drain)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    return app

@@ -1,0 +1,135 @@
+"""Prometheus metrics, named as in docs/DESIGN.md (the AnalysisTemplates and dashboards query them).
+
+`inference_requests_total` counts every HTTP response by route template and status code (an ASGI
+middleware, so 401/404/429/503 count too); `inference_latency_seconds` is the end-to-end latency of
+successful inference requests, streams included (measured until the last body byte). The engine
+gauges are read at scrape time, so they are never stale.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+prometheus_client.disable_created_metrics()
+
+# Fine from 50 ms to 60 s so histogram_quantile(0.99, ...) resolves a latency gate's threshold.
+LATENCY_BUCKETS = (
+    0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0,
+    6.0, 7.5, 10.0, 12.5, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 60.0,
+)  # fmt: skip
+TOKEN_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
+    10.0, 20.0, 40.0, 60.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+INFERENCE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+# Set by a route when a stream that started with 200 later fails, so the error-rate gate sees it.
+LATE_STATUS_KEY = "r1serve.late_status"
+
+
+class EngineGauges(Collector):
+    """vllm:num_requests_running / _waiting and vllm:kv_cache_usage_perc, read when scraped."""
+
+    def __init__(self, model_name: str, read: Callable[[], tuple[int, int, float] | None]) -> None:
+        self.model_name, self.read = model_name, read
+
+    def collect(self) -> Iterable[Metric]:
+        running, waiting, usage = self.read() or (0, 0, 0.0)
+        for name, doc, value in (
+            ("vllm:num_requests_running", "Requests in the running batch.", running),
+            ("vllm:num_requests_waiting", "Requests waiting to be scheduled.", waiting),
+            ("vllm:kv_cache_usage_perc", "Fraction of KV cache blocks in use (0..1).", usage),
+        ):
+            family = GaugeMetricFamily(name, doc, labels=["model_name"])
+            family.add_metric([self.model_name], value)
+            yield family
+
+
+class Metrics:
+    def __init__(self, model_name: str, engine_state: Callable[[], tuple[int, int, float] | None]) -> None:
+        self.model_name = model_name
+        self.registry = r = CollectorRegistry()
+        prometheus_client.ProcessCollector(registry=r)
+        prometheus_client.PlatformCollector(registry=r)
+        label = ["model_name"]
+        self.latency = Histogram(
+            "inference_latency_seconds",
+            "End-to-end latency of successful inference requests (streams until the last byte).",
+            label, buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.requests = Counter(
+            "inference_requests", "HTTP responses by route and status code.",
+            ["model_name", "route", "code"], registry=r,
+        )  # fmt: skip
+        self.e2e = Histogram(
+            "vllm:e2e_request_latency_seconds", "Request latency from arrival to the last token.",
+            label, buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "vllm:time_to_first_token_seconds", "Time from arrival to the first generated token.",
+            label, buckets=TOKEN_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.itl = Histogram(
+            "vllm:inter_token_latency_seconds", "Time between consecutive generated tokens of a request.",
+            label, buckets=TOKEN_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.prompt_tokens = Counter("vllm:prompt_tokens", "Prompt tokens processed.", label, registry=r)
+        self.generation_tokens = Counter("vllm:generation_tokens", "Tokens generated.", label, registry=r)
+        self.batch_size = Histogram(
+            "r1serve_batch_size", "Sequences computed together in one engine step.",
+            label, buckets=BATCH_BUCKETS, registry=r,
+        )  # fmt: skip
+        r.register(EngineGauges(model_name, engine_state))
+        # Children exist from the start, so rate() has a zero to start from.
+        for metric in (
+            self.latency,
+            self.e2e,
+            self.ttft,
+            self.itl,
+            self.prompt_tokens,
+            self.generation_tokens,
+        ):
+            metric.labels(model_name)
+        self.batch_size.labels(model_name)
+
+    def exposition(self) -> bytes:
+        return prometheus_client.generate_latest(self.registry)
+
+    def observe_request(self, route: str, code: int, seconds: float) -> None:
+        self.requests.labels(self.model_name, route, str(code)).inc()
+        if route in INFERENCE_ROUTES and 200 <= code < 300:
+            self.latency.labels(self.model_name).observe(seconds)
+
+
+class MetricsMiddleware:
+    """Counts every HTTP response and times inference requests end to end (pure ASGI: streams too)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # if the app dies before answering, uvicorn answers 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            status = scope.get(LATE_STATUS_KEY, status)
+            self.metrics.observe_request(route, status, time.perf_counter() - start)

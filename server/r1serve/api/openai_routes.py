@@ -1,0 +1,190 @@
+"""OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/models."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import StreamingResponse
+from jinja2 import TemplateError
+
+from r1serve.api.auth import require_api_key
+from r1serve.api.errors import APIError
+from r1serve.api.generation import (
+    SSE_DONE,
+    SSE_HEADERS,
+    ClientGone,
+    Generation,
+    check_token_ids,
+    engine_error,
+    sampling_params,
+    sse,
+    sse_error,
+    unless_disconnected,
+)
+from r1serve.api.metrics import LATE_STATUS_KEY
+from r1serve.api.schemas import ChatCompletionRequest, CompletionRequest
+from r1serve.api.state import ServerState
+from r1serve.engine.async_engine import EngineError
+from r1serve.reasoning import THINK_START, ReasoningParser
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+CLIENT_CLOSED = 499  # nginx's "client closed request": counted, but not as a server error
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy endpoint
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict:
+    state = _state(request)
+    state.require_ready()
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": state.model_name,
+                "object": "model",
+                "created": state.created,
+                "owned_by": "r1serve",
+                "max_model_len": state.runner.max_model_len,
+            }
+        ],
+    }
+
+
+def _prompt(state: ServerState, body: ChatCompletionRequest) -> str:
+    # "developer" is OpenAI's newer name for "system"; R1 templates know only the latter.
+    messages = [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages
+    ]
+    try:
+        return state.runner.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    except (TemplateError, ValueError) as exc:
+        raise APIError(400, f"messages: {exc}", param="messages") from exc
+
+
+async def _collect(request: Request, gen: Generation) -> str | Response:
+    try:
+        return await unless_disconnected(request, gen.text())
+    except ClientGone:
+        return Response(status_code=CLIENT_CLOSED)
+    except EngineError as exc:
+        raise engine_error(exc) from exc
+
+
+def _streaming(request: Request, chunks: AsyncIterator[bytes]) -> StreamingResponse:
+    async def guarded() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except EngineError as exc:
+            request.scope[LATE_STATUS_KEY] = 500
+            yield sse_error(exc)
+        yield SSE_DONE
+
+    return StreamingResponse(guarded(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    state = _state(request)
+    state.require_ready()
+    state.check_model(body.model)
+    prompt = _prompt(state, body)
+    prompt_ids = state.runner.tokenizer.encode(prompt)
+    gen = Generation(state, prompt_ids, sampling_params(body, state, len(prompt_ids)))
+    starts_in_reasoning = prompt.rstrip().endswith(THINK_START)
+    base = {"id": f"chatcmpl-{gen.id}", "created": gen.created, "model": state.model_name}
+
+    if not body.stream:
+        text = await _collect(request, gen)
+        if isinstance(text, Response):
+            return text
+        parser = ReasoningParser(starts_in_reasoning)
+        reasoning, content = parser.parse(text)
+        message = {"role": "assistant", "content": content}
+        if parser.saw_reasoning:
+            message["reasoning_content"] = reasoning
+        choice = {"index": 0, "message": message, "finish_reason": gen.finish_reason, "logprobs": None}
+        return {**base, "object": "chat.completion", "choices": [choice], "usage": gen.usage}
+
+    def chunk(delta: dict, finish_reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+        return sse({**base, "object": "chat.completion.chunk", "choices": [choice]})
+
+    async def events() -> AsyncIterator[bytes]:
+        parser = ReasoningParser(starts_in_reasoning)
+        yield chunk({"role": "assistant", "content": ""})
+        async for text in gen.deltas():
+            if delta := _reasoning_delta(*parser.feed(text)):
+                yield chunk(delta)
+        if delta := _reasoning_delta(*parser.flush()):
+            yield chunk(delta)
+        yield chunk({}, gen.finish_reason)
+        if body.include_usage:
+            yield sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": gen.usage})
+
+    return _streaming(request, events())
+
+
+def _reasoning_delta(reasoning: str, content: str) -> dict:
+    delta = {}
+    if reasoning:
+        delta["reasoning_content"] = reasoning
+    if content:
+        delta["content"] = content
+    return delta
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, request: Request):
+    state = _state(request)
+    state.require_ready()
+    state.check_model(body.model)
+    tokenizer = state.runner.tokenizer
+    if isinstance(body.prompt, str):
+        prompt_text, prompt_ids = body.prompt, tokenizer.encode(body.prompt)
+    else:
+        check_token_ids(body.prompt, tokenizer.vocab_size, "prompt")
+        prompt_ids = list(body.prompt)
+        prompt_text = tokenizer.decode(prompt_ids, skip_special_tokens=False)
+    if not prompt_ids:
+        raise APIError(400, "the prompt is empty", param="prompt")
+    params = sampling_params(body, state, len(prompt_ids), COMPLETIONS_DEFAULT_MAX_TOKENS)
+    gen = Generation(state, prompt_ids, params)
+    base = {
+        "id": f"cmpl-{gen.id}",
+        "object": "text_completion",
+        "created": gen.created,
+        "model": state.model_name,
+    }
+    echo = prompt_text if body.echo else ""
+
+    if not body.stream:
+        text = await _collect(request, gen)
+        if isinstance(text, Response):
+            return text
+        choice = {"index": 0, "text": echo + text, "finish_reason": gen.finish_reason, "logprobs": None}
+        return {**base, "choices": [choice], "usage": gen.usage}
+
+    def chunk(text: str, finish_reason: str | None = None) -> bytes:
+        return sse(
+            {
+                **base,
+                "choices": [{"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}],
+            }
+        )
+
+    async def events() -> AsyncIterator[bytes]:
+        if echo:
+            yield chunk(echo)
+        async for text in gen.deltas():
+            yield chunk(text)
+        yield chunk("", gen.finish_reason)
+        if body.include_usage:
+            yield sse({**base, "choices": [], "usage": gen.usage})
+
+    return _streaming(request, events())

@@ -1,0 +1,110 @@
+"""`r1serve serve MODEL_DIR` and `r1serve tiny-model OUT_DIR`.
+
+Every `serve` flag is generated from r1serve.config.Settings, so flags and R1SERVE_* variables can
+never drift apart; a flag given on the command line wins over the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from r1serve.config import Settings
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model", nargs="?", default=argparse.SUPPRESS, help="checkpoint directory (R1SERVE_MODEL)"
+    )
+    for name, field in Settings.model_fields.items():
+        if name == "model":
+            continue
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{field.description} (R1SERVE_{name.upper()})"
+        if field.annotation is bool:
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
+        else:
+            parser.add_argument(flag, default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    given = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise SystemExit(f"r1serve serve: invalid setting {where} (--{where.replace('_', '-')} / "
+                         f"R1SERVE_{where.upper()}): {first['msg']}") from None  # fmt: skip
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from r1serve.api.app import create_app
+    from r1serve.api.drain import DrainingServer
+
+    settings = _settings(args)
+    if not settings.model.is_dir():
+        print(f"r1serve serve: {settings.model}: not a directory", file=sys.stderr)
+        return 1
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fatal: list[str] = []
+    server: DrainingServer | None = None
+
+    def on_fatal(message: str) -> None:
+        fatal.append(message)
+        assert server is not None
+        server.should_exit = True
+
+    app = create_app(settings, on_fatal)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=2,
+        # Inside the pod the kubelet and Prometheus talk to the server directly; no proxy headers.
+        proxy_headers=False, server_header=False,
+    )  # fmt: skip
+    server = DrainingServer(config, app.state.server.drain, settings.drain_timeout)
+    server.run()
+    if fatal:
+        print(f"r1serve serve: {fatal[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def tiny_model(args: argparse.Namespace) -> int:
+    from r1serve.tiny_model import write_tiny_model
+
+    out = write_tiny_model(Path(args.out_dir), arch=args.arch, seed=args.seed)
+    print(out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="r1serve", description="OpenAI-compatible DeepSeek-R1 inference server"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="serve a checkpoint over HTTP", argument_default=argparse.SUPPRESS)
+    _add_settings_flags(p)
+    p.set_defaults(func=serve)
+    p = sub.add_parser("tiny-model", help="write a small random-weight checkpoint (for tests and demos)")
+    p.add_argument("out_dir")
+    p.add_argument("--arch", default="qwen2", choices=["qwen2", "llama"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=tiny_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Server settings: one pydantic-settings model, filled from `R1SERVE_*` variables and CLI flags.
+
+The table in docs/DESIGN.md is the contract; the Kubernetes ConfigMap sets the environment variables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import ByteSize, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="R1SERVE_", extra="ignore", protected_namespaces=())
+
+    model: Path = Field(description="checkpoint directory (Hugging Face layout)")
+    served_model_name: str = Field("", description="the `model` clients send (default: the directory name)")
+    model_revision: str = Field("", description="reported in /version")
+    host: str = Field("0.0.0.0", description="address to listen on")
+    port: int = Field(8080, ge=1, le=65535, description="port to listen on")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights and KV dtype (auto: bf16 on GPU, fp32 on CPU)"
+    )
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda, cuda:N")
+    max_model_len: int | None = Field(
+        None, ge=2, description="prompt + output tokens (default min(config, 8192))"
+    )
+    max_num_seqs: int = Field(64, ge=1, description="sequences decoded together (1 = no batching)")
+    max_num_batched_tokens: int = Field(
+        2048, ge=16, description="tokens computed per engine step; longer prompts are prefilled in chunks"
+    )
+    kv_cache_memory: ByteSize = Field(
+        ByteSize(0), description="KV cache budget, bytes or '512MiB' (0 = auto)"
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="fraction of free GPU memory for weights + KV cache when auto"
+    )
+    block_size: int = Field(16, ge=1, le=1024, description="tokens per KV block")
+    max_queue: int = Field(256, ge=0, description="waiting requests before 429")
+    drain_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests get after SIGTERM")
+    api_key: SecretStr | None = Field(None, description="Bearer key required on /v1 (unset = open)")
+    enforce_eager: bool = Field(False, description="never capture CUDA graphs")
+
+    @field_validator("api_key", mode="after")
+    @classmethod
+    def _empty_key_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty variable in a ConfigMap means "no key", not "the empty key".
+        return value if value and value.get_secret_value() else None
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or self.model.resolve().name

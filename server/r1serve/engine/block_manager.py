@@ -1,0 +1,141 @@
+"""Paged KV cache bookkeeping: fixed-size blocks with reference counts and a prefix cache.
+
+A full block is identified by a hash chained over every token before it, so two requests that share
+a prompt prefix share its blocks (as in vLLM / nano-vllm). Freed blocks keep their hash and content
+until they are reused, so a repeated prompt (or a preempted sequence coming back) skips recompute.
+A block is entered in the prefix cache only once its K/V has been computed, so no sequence can ever
+read a block that another one is still filling.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from r1serve.engine.sequence import Sequence
+
+NO_HASH = -1
+
+
+@dataclass
+class Block:
+    block_id: int
+    ref_count: int = 0
+    hash: int = NO_HASH
+    token_ids: tuple[int, ...] = field(default_factory=tuple)
+
+
+def chain_hash(prev_hash: int, token_ids: tuple[int, ...]) -> int:
+    return hash((prev_hash, token_ids))
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int) -> None:
+        if num_blocks < 1:
+            raise ValueError("the KV cache needs at least one block")
+        self.block_size = block_size
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        self.hash_to_block: dict[int, int] = {}
+        # Free blocks in eviction order (least recently freed first); cached content survives here.
+        self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free)
+
+    @property
+    def usage(self) -> float:
+        """Fraction of blocks held by live sequences (cached-but-free blocks count as free)."""
+        return 1.0 - len(self.free) / len(self.blocks)
+
+    def blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    # -- admission -------------------------------------------------------------------------------
+
+    def _prefix_hits(self, seq: Sequence) -> list[int]:
+        """Block ids of the longest cached prefix of `seq`, full blocks only."""
+        hits: list[int] = []
+        prev = NO_HASH
+        bs = self.block_size
+        for i in range(len(seq) // bs):
+            tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
+            prev = chain_hash(prev, tokens)
+            block_id = self.hash_to_block.get(prev)
+            if block_id is None or self.blocks[block_id].token_ids != tokens:
+                break
+            hits.append(block_id)
+        return hits
+
+    def can_allocate(self, seq: Sequence, reserve: int = 0) -> bool:
+        hits = self._prefix_hits(seq)
+        in_use_hits = sum(1 for b in hits if self.blocks[b].ref_count > 0)
+        return self.blocks_for(len(seq)) - in_use_hits + reserve <= len(self.free)
+
+    def allocate(self, seq: Sequence) -> None:
+        """Give `seq` blocks for all its current tokens, reusing cached prefix blocks."""
+        assert not seq.block_table, "sequence already holds blocks"
+        hits = self._prefix_hits(seq)
+        for block_id in hits:
+            block = self.blocks[block_id]
+            if block.ref_count == 0:
+                del self.free[block_id]
+            block.ref_count += 1
+        seq.block_table = list(hits)
+        seq.num_hashed_blocks = len(hits)
+        seq.num_cached_tokens = len(hits) * self.block_size
+        # The last token is always computed again: its logits are what the next step samples from.
+        seq.num_computed_tokens = min(seq.num_cached_tokens, len(seq) - 1)
+        self._grow(seq, len(seq))
+
+    def _take_free_block(self) -> int:
+        block_id, _ = self.free.popitem(last=False)
+        block = self.blocks[block_id]
+        if block.hash != NO_HASH and self.hash_to_block.get(block.hash) == block_id:
+            del self.hash_to_block[block.hash]
+        block.hash, block.token_ids, block.ref_count = NO_HASH, (), 1
+        return block_id
+
+    def _grow(self, seq: Sequence, num_tokens: int) -> None:
+        for _ in range(self.blocks_for(num_tokens) - len(seq.block_table)):
+            seq.block_table.append(self._take_free_block())
+
+    # -- decode ----------------------------------------------------------------------------------
+
+    def can_grow(self, seq: Sequence, num_tokens: int) -> bool:
+        return self.blocks_for(num_tokens) - len(seq.block_table) <= len(self.free)
+
+    def grow(self, seq: Sequence, num_tokens: int) -> None:
+        """Make the block table cover `num_tokens` tokens (call can_grow first)."""
+        self._grow(seq, num_tokens)
+
+    def commit(self, seq: Sequence) -> None:
+        """Enter the blocks that are now full and computed into the prefix cache."""
+        bs = self.block_size
+        full = min(seq.num_computed_tokens // bs, len(seq.block_table))
+        for i in range(seq.num_hashed_blocks, full):
+            block = self.blocks[seq.block_table[i]]
+            prev = self.blocks[seq.block_table[i - 1]].hash if i else NO_HASH
+            tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
+            block.hash, block.token_ids = chain_hash(prev, tokens), tokens
+            # A duplicate (two identical prompts computed side by side) keeps the first entry.
+            self.hash_to_block.setdefault(block.hash, block.block_id)
+        seq.num_hashed_blocks = max(seq.num_hashed_blocks, full)
+
+    # -- release ---------------------------------------------------------------------------------
+
+    def free_seq(self, seq: Sequence) -> None:
+        # Tail blocks go first in eviction order, so a shared prefix outlives the suffixes after it.
+        for block_id in reversed(seq.block_table):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            assert block.ref_count >= 0, f"block {block_id} freed twice"
+            if block.ref_count == 0:
+                self.free[block_id] = None
+        seq.block_table = []
+        seq.num_hashed_blocks = 0
+        seq.num_computed_tokens = 0

@@ -1,0 +1,123 @@
+"""One engine step: schedule, run the model over the packed batch, sample, account.
+
+Synchronous and single-threaded by design; `AsyncEngine` runs it in its own thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from r1serve.engine.block_manager import BlockManager
+from r1serve.engine.sampler import Sampler
+from r1serve.engine.scheduler import Scheduler
+from r1serve.engine.sequence import Sequence
+from r1serve.model_runner import ScheduledSeq
+
+
+class Runner(Protocol):
+    """What the engine needs from r1serve.model_runner.ModelRunner."""
+
+    device: torch.device
+    block_size: int
+    num_blocks: int
+    max_model_len: int
+
+    def run(self, batch: list[ScheduledSeq]) -> torch.Tensor: ...
+
+
+class RequestRejected(ValueError):
+    """A request the engine can never serve (too long for the context or the KV cache)."""
+
+
+@dataclass
+class StepResult:
+    seq: Sequence
+    token_id: int | None  # None when the sequence ended without a new token (scheduler-finished)
+
+
+class LLMEngine:
+    def __init__(self, runner: Runner, *, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+        self.runner = runner
+        self.max_model_len = runner.max_model_len
+        self.block_manager = BlockManager(runner.num_blocks, runner.block_size)
+        self.scheduler = Scheduler(
+            self.block_manager, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens
+        )
+        self.sampler = Sampler()
+        self.generators: dict[int, torch.Generator] = {}
+        self.last_batch_size = 0
+        self.last_batch_tokens = 0
+
+    def check(self, num_prompt_tokens: int) -> None:
+        """Raise RequestRejected when a prompt of this length can never be served."""
+        if num_prompt_tokens < 1:
+            raise RequestRejected("the prompt is empty")
+        if num_prompt_tokens >= self.max_model_len:
+            raise RequestRejected(
+                f"the prompt has {num_prompt_tokens} tokens; this model's context is {self.max_model_len} "
+                "tokens including the output"
+            )
+        if self.block_manager.blocks_for(num_prompt_tokens + 1) > self.block_manager.num_blocks:
+            raise RequestRejected(
+                f"the prompt has {num_prompt_tokens} tokens; the KV cache holds at most "
+                f"{self.block_manager.num_blocks * self.block_manager.block_size}"
+            )
+
+    def add(self, seq: Sequence) -> None:
+        self.check(seq.num_prompt_tokens)
+        if seq.params.seed is not None:
+            self.generators[seq.seq_id] = torch.Generator(self.runner.device).manual_seed(seq.params.seed)
+        self.scheduler.add(seq)
+
+    def abort(self, seq: Sequence) -> bool:
+        self.generators.pop(seq.seq_id, None)
+        return self.scheduler.abort(seq)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    def step(self) -> list[StepResult]:
+        scheduler = self.scheduler
+        chunks = scheduler.schedule()
+        results = [StepResult(seq, None) for seq in scheduler.finished]
+        scheduler.finished.clear()
+        self.last_batch_size = len(chunks)
+        self.last_batch_tokens = sum(c.num_tokens for c in chunks)
+        if not chunks:
+            return results
+        batch = [
+            ScheduledSeq(c.seq.token_ids[c.start : c.start + c.num_tokens], c.start, c.seq.block_table)
+            for c in chunks
+        ]
+        logits = self.runner.run(batch)
+        rows = [i for i, c in enumerate(chunks) if c.completes_sequence]
+        sampled: list[int] = []
+        if rows:
+            seqs = [chunks[i].seq for i in rows]
+            sampled = self.sampler(
+                logits[rows] if len(rows) < len(chunks) else logits,
+                [s.params for s in seqs],
+                [s.output_token_ids if s.params.has_penalties else [] for s in seqs],
+                [self.generators.get(s.seq_id) for s in seqs],
+            )
+        for chunk in chunks:
+            scheduler.complete(chunk)
+        for i, token_id in zip(rows, sampled, strict=True):
+            seq = chunks[i].seq
+            seq.append_token(token_id)
+            reason = seq.check_finished(self.max_model_len)
+            if reason is not None:
+                scheduler.finish(seq, reason)
+                self.generators.pop(seq.seq_id, None)
+            results.append(StepResult(seq, token_id))
+        return results
+
+    def fail_running(self) -> list[Sequence]:
+        """After a failed step: drop every running sequence (their state is unknown) and free its blocks."""
+        failed = list(self.scheduler.running)
+        for seq in failed:
+            self.abort(seq)
+        return failed

@@ -1,0 +1,135 @@
+"""Continuous batching: which sequences compute how many tokens in the next engine step.
+
+Each step first gives every running sequence its next piece of work (one token when decoding, a
+chunk of the prompt while prefilling), then admits waiting requests while the token budget, the
+sequence limit and the free KV blocks allow. When the KV cache cannot hold the next token of a
+running sequence, the newest running sequence is preempted: its blocks are freed and it goes back to
+the front of the queue to be recomputed later (cheaply, through the prefix cache). A sequence that
+alone cannot fit in the whole cache is finished with reason "length" instead: never a deadlock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from r1serve.engine.block_manager import BlockManager
+from r1serve.engine.sequence import FinishReason, Sequence, SequenceStatus
+
+
+@dataclass
+class ScheduledChunk:
+    seq: Sequence
+    start: int  # == seq.num_computed_tokens when scheduled
+    num_tokens: int
+
+    @property
+    def completes_sequence(self) -> bool:
+        """True when this chunk reaches the sequence's last token, i.e. its logits are sampled."""
+        return self.start + self.num_tokens == len(self.seq)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        block_manager: BlockManager,
+        *,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+    ) -> None:
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        # Sequences the scheduler ended itself (no KV memory for a lone sequence); the engine reports them.
+        self.finished: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def abort(self, seq: Sequence) -> bool:
+        """Drop `seq` wherever it is and free its blocks at once; False if it had already finished."""
+        if seq.is_finished:
+            return False
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        else:
+            self.waiting.remove(seq)
+        self._finish(seq, FinishReason.ABORT)
+        return True
+
+    def finish(self, seq: Sequence, reason: FinishReason) -> None:
+        self.running.remove(seq)
+        self._finish(seq, reason)
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
+        self.block_manager.free_seq(seq)
+        seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.block_manager.free_seq(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def schedule(self) -> list[ScheduledChunk]:
+        bm = self.block_manager
+        budget = self.max_num_batched_tokens
+        chunks: list[ScheduledChunk] = []
+        scheduled: list[Sequence] = []
+        skipped: list[Sequence] = []  # out of token budget this step: keep their blocks, compute next step
+        # Decoding sequences first (one token each, latency-critical), then unfinished prefills.
+        pending = deque(sorted(self.running, key=lambda s: s.num_uncomputed_tokens > 1))
+        preempted = False
+        while pending:
+            seq = pending.popleft()
+            n = min(seq.num_uncomputed_tokens, budget)
+            if n == 0:
+                skipped.append(seq)
+                continue
+            need = seq.num_computed_tokens + n
+            while not bm.can_grow(seq, need):
+                preempted = True
+                if pending:
+                    self._preempt(pending.pop())
+                elif skipped:
+                    self._preempt(skipped.pop())
+                else:
+                    break
+            if not bm.can_grow(seq, need):
+                if chunks:
+                    self._preempt(seq)  # others hold blocks and will free them
+                else:
+                    self._finish(seq, FinishReason.LENGTH)  # the whole cache cannot hold it
+                    self.finished.append(seq)
+                continue
+            bm.grow(seq, need)
+            chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n))
+            scheduled.append(seq)
+            budget -= n
+        self.running = sorted(scheduled + skipped, key=lambda s: s.seq_id)  # oldest first
+
+        while self.waiting and not preempted and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            # Keep one block spare while others run, so admitting cannot force an immediate preemption.
+            if not bm.can_allocate(seq, reserve=1 if self.running else 0):
+                break
+            self.waiting.popleft()
+            bm.allocate(seq)
+            seq.status = SequenceStatus.RUNNING
+            n = min(seq.num_uncomputed_tokens, budget)
+            chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n))
+            self.running.append(seq)
+            budget -= n
+        return chunks
+
+    def complete(self, chunk: ScheduledChunk) -> None:
+        """Account for a computed chunk: its K/V is now in the cache."""
+        chunk.seq.num_computed_tokens = chunk.start + chunk.num_tokens
+        self.block_manager.commit(chunk.seq)
