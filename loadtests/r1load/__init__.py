@@ -1,0 +1,1 @@
+"""Helpers of the Locust load test (loadtests/locustfile.py): prompts, options, shapes, SLO gate."""
