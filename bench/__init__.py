@@ -1,0 +1,1 @@
+"""GPU benchmark suite: the server beside its peer (transformers) and the hardware limit."""

@@ -1,0 +1,168 @@
+"""python -m bench: run the GPU benchmark cases, print a table, write JSON (and a plot).
+
+PYTHONPATH=server:scripts:. python3 -m bench --shape 1.5b --out /tmp/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from bench import engine_cases, hardware, online, peer, shapes
+
+CASES = ("peer", "decode", "offline", "coldstart", "online")
+console = Console()
+
+
+def free_gpu() -> None:
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def table(title: str, rows: list[dict]) -> None:
+    t = Table(title=title)
+    for key in rows[0]:
+        t.add_column(key, justify="right")
+    for row in rows:
+        t.add_row(*(f"{v:,.2f}" if isinstance(v, float) else str(v) for v in row.values()))
+    console.print(t)
+
+
+def plot(levels: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conc = [r["concurrency"] for r in levels]
+    fig, ax1 = plt.subplots(figsize=(7, 4))
+    ax1.plot(conc, [r["output_tok_s"] for r in levels], "o-", color="tab:blue")
+    ax1.set_xscale("log", base=2)
+    ax1.set_xlabel("concurrent streaming requests")
+    ax1.set_ylabel("output tokens/s", color="tab:blue")
+    ax2 = ax1.twinx()
+    ax2.plot(conc, [r["e2e_p99_s"] for r in levels], "s--", color="tab:red", label="E2E P99")
+    ax2.plot(conc, [r["ttft_p99_ms"] / 1e3 for r in levels], "^:", color="tab:orange", label="TTFT P99")
+    ax2.set_ylabel("P99 latency (s)", color="tab:red")
+    ax2.legend(loc="upper left")
+    ax1.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench")
+    ap.add_argument("--shape", choices=sorted(shapes.SHAPES), default="1.5b")
+    ap.add_argument("--cases", default=",".join(CASES), help=f"comma list of {CASES}")
+    ap.add_argument("--levels", default="1,8,32,64,128,256", help="online concurrency levels")
+    ap.add_argument("--offline-requests", type=int, default=256)
+    ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--model-dir", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=Path("bench-out"))
+    args = ap.parse_args()
+    cases = args.cases.split(",")
+    args.out.mkdir(parents=True, exist_ok=True)
+    result: dict = {
+        "shape": args.shape,
+        "hardware": hardware.describe(),
+        "command": vars(args) | {"out": str(args.out)},
+    }
+
+    copy_bw = hardware.copy_bandwidth()
+    cfg = shapes.SHAPES[args.shape]
+    weight_bytes = shapes.bytes_per_decode_step(cfg)
+    kv_tok = shapes.kv_bytes_per_token(cfg)
+    result["ceilings"] = {
+        "copy_bandwidth_gb_s": copy_bw / 1e9,
+        "bf16_matmul_tflops": hardware.matmul_tflops(),
+        "weight_bytes_per_step_gb": weight_bytes / 1e9,
+        "batch1_limit_tok_s": copy_bw / weight_bytes,
+    }
+    table("ceilings", [result["ceilings"]])
+
+    model_dir = args.model_dir or Path(f"/tmp/bench-{args.shape}")
+    if not (model_dir / "model.safetensors.index.json").exists():
+        with console.status(f"writing a random {args.shape} checkpoint"):
+            shapes.write_checkpoint(model_dir, args.shape)
+
+    if "peer" in cases:
+        with console.status("transformers generate() baseline"):
+            model = peer.load(model_dir)
+            result["peer"] = {
+                "b1_128in_256out_tok_s": peer.generate_tok_s(model, 1, 128, 256),
+                "b256_512in_256out_tok_s": peer.generate_tok_s(model, 256, 512, 256),
+            }
+            del model
+            free_gpu()
+        table("peer: transformers generate()", [result["peer"]])
+
+    if "decode" in cases or "offline" in cases:
+        engine = engine_cases.build_engine(model_dir, max_num_seqs=256, enforce_eager=args.enforce_eager)
+        if "decode" in cases:
+            logs, wall, out = engine_cases.run_requests(engine, [(128, 256)], label="batch-1 decode")
+            steps = engine_cases.decode_steps(logs)
+            step_s = sorted(s.seconds for s in steps)[len(steps) // 2]
+            result["decode_b1"] = {
+                "tok_s": len(steps) / sum(s.seconds for s in steps),
+                "median_step_ms": step_s * 1e3,
+                "bandwidth_share": engine_cases.bandwidth_utilisation(logs, weight_bytes, kv_tok, copy_bw),
+                "share_of_limit": (len(steps) / sum(s.seconds for s in steps)) / (copy_bw / weight_bytes),
+            }
+            table("batch-1 decode (128 in / 256 out)", [result["decode_b1"]])
+        if "offline" in cases:
+            reqs = engine_cases.offline_requests(args.offline_requests)
+            logs, wall, out = engine_cases.run_requests(engine, reqs, label="offline throughput")
+            result["offline"] = {
+                "requests": len(reqs),
+                "output_tokens": out,
+                "seconds": wall,
+                "output_tok_s": out / wall,
+                "decode_bandwidth_share": engine_cases.bandwidth_utilisation(
+                    logs, weight_bytes, kv_tok, copy_bw
+                ),
+                "steps": len(logs),
+            }
+            if "peer" in result:
+                result["offline"]["x_peer_b256"] = out / wall / result["peer"]["b256_512in_256out_tok_s"]
+            table("offline: 256 requests, lengths uniform in 100-1024", [result["offline"]])
+        del engine
+        free_gpu()
+
+    if "coldstart" in cases or "online" in cases:
+        ready_s, server = online.cold_start(model_dir, args.out / "server.log")
+        result["cold_start_s"] = ready_s
+        console.print(f"cold start to /ready: {ready_s:.1f} s")
+        try:
+            if "online" in cases:
+                levels = []
+                for c in (int(x) for x in args.levels.split(",")):
+                    t0 = time.perf_counter()
+                    res, wall = asyncio.run(
+                        online.run_level(server.base_url, "bench", c, max(2 * c, 16), 200, 128)
+                    )
+                    levels.append(online.summarise(c, res, wall))
+                    console.print(f"  concurrency {c}: {time.perf_counter() - t0:.0f} s")
+                result["online"] = levels
+                table("online: streaming chat, ~200-word prompts, 128 output tokens", levels)
+                plot(
+                    levels,
+                    args.out / f"online-{args.shape}.png",
+                    f"r1serve, {args.shape} shape, {result['hardware']['card']}",
+                )
+        finally:
+            server.stop()
+
+    (args.out / f"bench-{args.shape}.json").write_text(json.dumps(result, indent=2))
+    console.print(f"wrote {args.out}/bench-{args.shape}.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Engine-level cases: batch-1 decode and offline throughput, timed step by step."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from r1serve.engine.llm_engine import LLMEngine
+from r1serve.engine.sequence import SamplingParams, Sequence
+from r1serve.model_runner import ModelRunner
+from rich.progress import Progress
+
+
+@dataclass
+class StepLog:
+    seconds: float
+    batch: int
+    tokens: int
+    context_tokens: int  # KV tokens the step's attention read
+
+
+def build_engine(model_dir: Path, *, max_num_seqs: int, enforce_eager: bool) -> LLMEngine:
+    runner = ModelRunner(
+        model_dir, max_model_len=4096, enforce_eager=enforce_eager, max_num_seqs=max_num_seqs
+    )
+    runner.warmup()
+    return LLMEngine(runner, max_num_seqs=max_num_seqs, max_num_batched_tokens=8192)
+
+
+def run_requests(
+    engine: LLMEngine, requests: list[tuple[int, int]], *, label: str
+) -> tuple[list[StepLog], float, int]:
+    """Adds every (prompt_len, output_len) request at once, runs to completion; returns step logs,
+    wall seconds and output tokens."""
+    rng = random.Random(0)
+    vocab = engine.runner.config.vocab_size
+    seqs = []
+    for prompt_len, output_len in requests:
+        params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
+        seqs.append(Sequence([rng.randrange(vocab) for _ in range(prompt_len)], params))
+    for seq in seqs:
+        engine.add(seq)
+    logs: list[StepLog] = []
+    total_out = sum(o for _, o in requests)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    with Progress(transient=True) as bar:
+        task = bar.add_task(label, total=total_out)
+        while engine.has_work():
+            running = engine.scheduler.running
+            t0 = time.perf_counter()
+            results = engine.step()  # ends with the sampler's .tolist(): a device sync
+            dt = time.perf_counter() - t0
+            ctx = sum(len(s) for s in running)
+            logs.append(StepLog(dt, engine.last_batch_size, engine.last_batch_tokens, ctx))
+            bar.advance(task, sum(1 for r in results if r.token_id is not None))
+    wall = time.perf_counter() - start
+    assert all(s.num_output_tokens == o for s, (_, o) in zip(seqs, requests, strict=True))
+    return logs, wall, total_out
+
+
+def decode_steps(logs: list[StepLog]) -> list[StepLog]:
+    return [s for s in logs if s.tokens == s.batch]
+
+
+def bandwidth_utilisation(
+    logs: list[StepLog], weight_bytes: int, kv_token_bytes: int, copy_bw: float
+) -> float:
+    steps = decode_steps(logs)
+    moved = sum(weight_bytes + s.context_tokens * kv_token_bytes for s in steps)
+    seconds = sum(s.seconds for s in steps)
+    return moved / seconds / copy_bw if seconds else 0.0
+
+
+def offline_requests(n: int = 256, lo: int = 100, hi: int = 1024, seed: int = 0) -> list[tuple[int, int]]:
+    rng = random.Random(seed)
+    return [(rng.randint(lo, hi), rng.randint(lo, hi)) for _ in range(n)]
