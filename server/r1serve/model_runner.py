@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from r1serve.checkpoint import GenerationDefaults, ModelConfig, load_config, load_generation_defaults
+from r1serve.cuda_graphs import DecodeGraphs
 from r1serve.model import AttentionMetadata, CausalLM, load_model
 from r1serve.tokenizer import Tokenizer
 
@@ -71,6 +72,8 @@ class ModelRunner:
         block_size: int = 16,
         max_model_len: int | None = None,
         progress: bool = True,
+        enforce_eager: bool = False,
+        max_num_seqs: int = 256,
     ) -> None:
         model_dir = Path(model_dir)
         self.config: ModelConfig = load_config(model_dir)
@@ -88,6 +91,7 @@ class ModelRunner:
             )
         self.max_model_len = max_model_len or min(limit, DEFAULT_MAX_MODEL_LEN)
         self.model: CausalLM = load_model(model_dir, self.config, self.device, self.dtype, progress=progress)
+        self.graphs: DecodeGraphs | None = None  # captured once the cache exists
 
         cfg = self.config
         self._block_shape = (self.block_size, cfg.num_key_value_heads, cfg.head_dim)
@@ -102,9 +106,22 @@ class ModelRunner:
                 f"one sequence of max_model_len {self.max_model_len} needs {needed}: "
                 "raise kv_cache_memory / gpu_memory_utilization or lower max_model_len"
             )
-        self.kv_cache = self._allocate_cache(self.num_blocks)
+        # On the GPU one extra block, owned by no sequence, takes the K/V writes of CUDA-graph padding rows.
+        use_graphs = self.device.type == "cuda" and not enforce_eager
+        self.kv_cache = self._allocate_cache(self.num_blocks + use_graphs)
         self.kv_cache_bytes = self.kv_cache.numel() * self.kv_cache.element_size()
         self.model.bind_kv_cache(self.kv_cache)
+        if use_graphs:
+            self.graphs = DecodeGraphs(
+                self._forward_logits,
+                max_batch=max_num_seqs,
+                max_blocks_per_seq=-(-self.max_model_len // self.block_size),
+                block_size=self.block_size,
+                scratch_block=self.num_blocks,
+                max_context_len=self.max_model_len,
+                device=self.device,
+                progress=progress,
+            )
 
     def _allocate_cache(self, num_blocks: int) -> torch.Tensor:
         cfg = self.config
@@ -195,9 +212,19 @@ class ModelRunner:
         the cache and returns float32 logits `[len(batch), vocab]` of each entry's last token."""
         if not batch:
             raise ValueError("empty batch")
+        if self.graphs is not None and self.graphs.fits([len(s.token_ids) for s in batch]):
+            return self.graphs.run(
+                [s.token_ids[0] for s in batch], [s.start_pos for s in batch], [s.block_table for s in batch]
+            )
         input_ids, positions, meta, last_token = self._metadata(batch)
         hidden = self.model(input_ids, positions, meta)
         return self.model.compute_logits(hidden[last_token]).float()
+
+    def _forward_logits(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        """A decode step (one token per sequence) as captured in a CUDA graph."""
+        return self.model.compute_logits(self.model(input_ids, positions, meta)).float()
 
     def warmup(self) -> None:
         """One small forward so the first request pays no lazy-initialisation cost. Writes block 0,

@@ -60,6 +60,8 @@ class ServerState:
                 block_size=s.block_size,
                 max_model_len=s.max_model_len,
                 progress=True,
+                enforce_eager=s.enforce_eager,
+                max_num_seqs=s.max_num_seqs,
             )
             runner.warmup()
         except (CheckpointError, ValueError, OSError) as exc:

@@ -17,6 +17,8 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
+from r1serve.model import triton_attention
+
 
 @dataclass
 class AttentionMetadata:
@@ -66,6 +68,10 @@ def paged_attention(
     """Causal GQA attention of the packed queries `[num_tokens, heads, head_dim]` over each sequence's
     cached context (which already holds this step's K/V); returns `[num_tokens, heads, head_dim]`."""
     _, num_heads, head_dim = q.shape
+    if meta.max_query_len == 1 and triton_attention.supports(q):
+        return triton_attention.paged_decode_attention(
+            q, k_cache, v_cache, meta.block_tables, meta.context_lens
+        )
     batch = meta.block_tables.shape[0]
     padded_index, mask = meta.reference_layout
 

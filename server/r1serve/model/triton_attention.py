@@ -19,8 +19,10 @@ except ImportError:  # CPU-only installs: the reference path is used
     triton = None
 
 
-def available(q: torch.Tensor) -> bool:
-    return triton is not None and q.is_cuda
+def supports(q: torch.Tensor) -> bool:
+    """The kernel runs on CUDA tensors whose head_dim is a power of two (tl.arange needs one)."""
+    head_dim = q.shape[-1]
+    return triton is not None and q.is_cuda and head_dim >= 16 and head_dim & (head_dim - 1) == 0
 
 
 if triton is not None:
