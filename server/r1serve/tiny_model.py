@@ -45,7 +45,7 @@ _SPLIT = (
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 BPE_VOCAB = 2000
-ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM"}
+ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
 
 
 def _data(name: str) -> str:
@@ -96,7 +96,7 @@ def _added_tokens_decoder(tok: Tokenizer) -> dict[str, Any]:
 
 
 def _config(arch: str, vocab_size: int, bos_id: int, eos_id: int) -> dict[str, Any]:
-    return {
+    common = {
         "architectures": [ARCHITECTURES[arch]],
         "model_type": arch,
         "attention_dropout": 0.0,
@@ -107,18 +107,34 @@ def _config(arch: str, vocab_size: int, bos_id: int, eos_id: int) -> dict[str, A
         "initializer_range": 0.02,
         "intermediate_size": 128,
         "max_position_embeddings": 4096,
-        "max_window_layers": 2,
         "num_attention_heads": 4,
         "num_hidden_layers": 2,
         "num_key_value_heads": 2,
         "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0,
-        "sliding_window": 4096,
         "tie_word_embeddings": False,
         "torch_dtype": "bfloat16",
         "use_cache": True,
-        "use_sliding_window": False,
         "vocab_size": vocab_size,
+    }
+    if arch == "qwen2":  # as R1-Distill-Qwen
+        return common | {
+            "max_window_layers": 2,
+            "rope_theta": 10000.0,
+            "sliding_window": 4096,
+            "use_sliding_window": False,
+        }
+    # as R1-Distill-Llama: llama3 rope scaling, no biases
+    return common | {
+        "attention_bias": False,
+        "mlp_bias": False,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 512,
+        },
     }
 
 
@@ -138,16 +154,15 @@ def _weights(cfg: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
             p + "input_layernorm.weight": torch.ones(hidden),
             p + "post_attention_layernorm.weight": torch.ones(hidden),
             p + "self_attn.q_proj.weight": rand(q, hidden),
-            p + "self_attn.q_proj.bias": rand(q),
             p + "self_attn.k_proj.weight": rand(kv, hidden),
-            p + "self_attn.k_proj.bias": rand(kv),
             p + "self_attn.v_proj.weight": rand(kv, hidden),
-            p + "self_attn.v_proj.bias": rand(kv),
             p + "self_attn.o_proj.weight": rand(hidden, q),
             p + "mlp.gate_proj.weight": rand(inter, hidden),
             p + "mlp.up_proj.weight": rand(inter, hidden),
             p + "mlp.down_proj.weight": rand(hidden, inter),
         }
+        if cfg["model_type"] == "qwen2":
+            tensors |= {p + f"self_attn.{x}_proj.bias": rand(n) for x, n in (("q", q), ("k", kv), ("v", kv))}
     tensors["lm_head.weight"] = rand(vocab, hidden)
     return {name: t.to(torch.bfloat16).contiguous() for name, t in tensors.items()}
 

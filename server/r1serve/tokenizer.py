@@ -67,6 +67,19 @@ def _chat_template_source(model_dir: Path, config: Mapping[str, Any]) -> str | N
     return template if isinstance(template, str) else None
 
 
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+def _normalise_message(message: Mapping[str, Any]) -> dict[str, Any]:
+    # as transformers' apply_chat_template: keys whose value is None are dropped (so `content: null`
+    # reads as undefined), and reasoning given under any of its names is visible under all of them
+    out = {k: v for k, v in message.items() if v is not None}
+    reasoning = next((out[k] for k in _REASONING_FIELDS if k in out), None)
+    if reasoning is not None:
+        out = {"thinking": reasoning, **out, "reasoning_content": reasoning}
+    return out
+
+
 class Tokenizer:
     def __init__(self, model_dir: Path) -> None:
         model_dir = Path(model_dir)
@@ -118,9 +131,10 @@ class Tokenizer:
         tools: Sequence[Mapping[str, Any]] | None = None,
         **kwargs: Any,
     ) -> str:
-        """The prompt text for a conversation; raises `jinja2.TemplateError` if the template rejects it."""
+        """The prompt text for a conversation; raises `jinja2.TemplateError` (a client error) if the
+        template rejects it."""
         return self._chat_template.render(
-            messages=[dict(m) for m in messages],
+            messages=[_normalise_message(m) for m in messages],
             tools=None if tools is None else [dict(t) for t in tools],
             documents=None,
             add_generation_prompt=add_generation_prompt,
