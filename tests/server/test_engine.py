@@ -1,0 +1,137 @@
+"""The engine on the real tiny model (CPU): continuous batching, chunked prefill, preemption and the
+prefix cache must never change what a request generates."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from r1serve.engine.async_engine import AsyncEngine, EngineError
+from r1serve.engine.llm_engine import LLMEngine, RequestRejected
+from r1serve.engine.sequence import FinishReason, SamplingParams, Sequence
+from r1serve.model_runner import ModelRunner
+
+BLOCK = 4
+MAX_LEN = 64
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_model_dir: Path) -> ModelRunner:
+    return ModelRunner(tiny_model_dir, device="cpu", block_size=BLOCK, max_model_len=MAX_LEN, progress=False)
+
+
+@pytest.fixture(scope="module")
+def small_runner(tiny_model_dir: Path, runner: ModelRunner) -> ModelRunner:
+    """A KV cache of 20 blocks (80 tokens): four 25-token sequences cannot all fit."""
+    return ModelRunner(
+        tiny_model_dir, device="cpu", block_size=BLOCK, max_model_len=MAX_LEN,
+        kv_cache_memory=20 * runner.block_bytes, progress=False,
+    )  # fmt: skip
+
+
+PROMPTS = [[50 * k + 5 + i for i in range(n)] for k, n in enumerate((3, 10, 17, 9))]
+GREEDY = SamplingParams(max_tokens=15, temperature=0.0, ignore_eos=True)
+
+
+def generate(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams = GREEDY) -> list[list[int]]:
+    seqs = [Sequence(list(p), params) for p in prompts]
+    for s in seqs:
+        engine.add(s)
+    while engine.has_work():
+        engine.step()
+    assert all(s.finish_reason is FinishReason.LENGTH for s in seqs)
+    return [s.output_token_ids for s in seqs]
+
+
+def engine_for(runner: ModelRunner, budget: int = 256) -> LLMEngine:
+    return LLMEngine(runner, max_num_seqs=8, max_num_batched_tokens=budget)
+
+
+@pytest.fixture(scope="module")
+def alone(runner: ModelRunner) -> list[list[int]]:
+    return [generate(engine_for(runner), [p])[0] for p in PROMPTS]
+
+
+def test_batched_matches_one_at_a_time(runner: ModelRunner, alone: list[list[int]]) -> None:
+    engine = engine_for(runner)
+    assert generate(engine, PROMPTS) == alone
+    assert engine.block_manager.usage == 0  # every block back
+
+
+def test_chunked_prefill_and_preemption_do_not_change_outputs(
+    small_runner: ModelRunner, alone: list[list[int]]
+) -> None:
+    engine = engine_for(small_runner, budget=8)  # prompts prefilled 8 tokens at a time
+    assert generate(engine, PROMPTS) == alone
+    assert engine.scheduler.num_preemptions > 0
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+def test_prefix_cache_hit_gives_the_same_tokens(runner: ModelRunner, alone: list[list[int]]) -> None:
+    engine = engine_for(runner)
+    first = generate(engine, [PROMPTS[2]])
+    again = Sequence(list(PROMPTS[2]), GREEDY)
+    engine.add(again)
+    while engine.has_work():
+        engine.step()
+    assert again.num_cached_tokens == 16  # 4 full blocks of the 17-token prompt
+    assert [again.output_token_ids] == first == [alone[2]]
+
+
+def test_seeded_request_is_reproducible_inside_any_batch(runner: ModelRunner) -> None:
+    seeded = SamplingParams(max_tokens=10, temperature=1.0, seed=1234, ignore_eos=True)
+    a = generate(engine_for(runner), [PROMPTS[1]], seeded)[0]
+    engine = engine_for(runner)
+    seqs = [Sequence(list(PROMPTS[1]), seeded), Sequence(list(PROMPTS[0]), SamplingParams(max_tokens=10))]
+    for s in seqs:
+        engine.add(s)
+    while engine.has_work():
+        engine.step()
+    assert seqs[0].output_token_ids == a
+
+
+def test_stop_token_ids_and_eos_end_the_sequence(runner: ModelRunner, alone: list[list[int]]) -> None:
+    stop_at = alone[0][3]
+    params = SamplingParams(max_tokens=15, temperature=0.0, stop_token_ids=(stop_at,))
+    engine = engine_for(runner)
+    s = Sequence(list(PROMPTS[0]), params)
+    engine.add(s)
+    while engine.has_work():
+        engine.step()
+    assert s.finish_reason is FinishReason.STOP and s.output_token_ids[-1] == stop_at
+    eos = Sequence(list(PROMPTS[0]), SamplingParams(max_tokens=15, temperature=0.0), frozenset({stop_at}))
+    engine.add(eos)
+    while engine.has_work():
+        engine.step()
+    assert eos.output_token_ids == s.output_token_ids
+
+
+def test_prompt_too_long_is_rejected_up_front(runner: ModelRunner) -> None:
+    with pytest.raises(RequestRejected, match="context"):
+        engine_for(runner).check(MAX_LEN)
+
+
+def test_async_engine_survives_a_failing_step(runner: ModelRunner) -> None:
+    """A token id outside the vocabulary makes the real model raise: that request fails, others go on."""
+
+    async def scenario() -> tuple[Exception | None, list[int]]:
+        engine = AsyncEngine(engine_for(runner), max_queue=8)
+        engine.start(asyncio.get_running_loop())
+        try:
+            bad = engine.add_request([runner.config.vocab_size + 5], GREEDY, frozenset())
+            error = None
+            try:
+                async for _ in bad:
+                    pass
+            except EngineError as exc:
+                error = exc
+            good = engine.add_request(list(PROMPTS[0]), GREEDY, frozenset())
+            tokens = [t async for event in good for t in event.token_ids]
+            return error, tokens
+        finally:
+            engine.stop()
+
+    error, tokens = asyncio.run(scenario())
+    assert isinstance(error, EngineError)
+    assert len(tokens) == 15

@@ -1,0 +1,111 @@
+"""Scheduler: admission under token/sequence/KV limits, chunked prefill, preemption, no deadlock."""
+
+from r1serve.engine.block_manager import BlockManager
+from r1serve.engine.scheduler import Scheduler
+from r1serve.engine.sequence import FinishReason, SamplingParams, Sequence, SequenceStatus
+
+BS = 4
+
+
+def make(num_blocks: int = 16, max_num_seqs: int = 8, budget: int = 64) -> Scheduler:
+    return Scheduler(BlockManager(num_blocks, BS), max_num_seqs=max_num_seqs, max_num_batched_tokens=budget)
+
+
+def seq(n: int, first: int = 0) -> Sequence:
+    return Sequence(list(range(first, first + n)), SamplingParams(max_tokens=100))
+
+
+def run_step(s: Scheduler, token: int = 1) -> list:
+    """One engine step without a model: every chunk computed, every completed sequence gets `token`."""
+    chunks = s.schedule()
+    for c in chunks:
+        s.complete(c)
+        if c.completes_sequence:
+            c.seq.append_token(token)
+    return chunks
+
+
+def test_admits_up_to_max_num_seqs_then_batches_decodes() -> None:
+    s = make(max_num_seqs=2)
+    a, b, c = seq(3), seq(3, 10), seq(3, 20)
+    for x in (a, b, c):
+        s.add(x)
+    chunks = run_step(s)
+    assert [ch.seq for ch in chunks] == [a, b] and all(ch.num_tokens == 3 for ch in chunks)
+    assert c.status is SequenceStatus.WAITING
+    chunks = run_step(s)
+    assert [(ch.seq, ch.num_tokens) for ch in chunks] == [(a, 1), (b, 1)]  # decode together
+
+
+def test_token_budget_chunks_long_prompts() -> None:
+    s = make(budget=8)
+    long = seq(20)
+    s.add(long)
+    sizes = []
+    while long.num_output_tokens == 0:
+        sizes.append(sum(ch.num_tokens for ch in run_step(s)))
+    assert sizes == [8, 8, 4]
+    assert long.num_computed_tokens == 20
+
+
+def test_decodes_go_first_and_a_new_prompt_gets_the_rest_of_the_budget() -> None:
+    s = make(budget=8)
+    a = seq(4)
+    s.add(a)
+    run_step(s)
+    b = seq(12, 100)
+    s.add(b)
+    chunks = run_step(s)
+    assert [(ch.seq, ch.num_tokens) for ch in chunks] == [(a, 1), (b, 7)]
+
+
+def test_preemption_frees_the_newest_and_requeues_it_first() -> None:
+    s = make(num_blocks=5, budget=64)
+    a, b = seq(8), seq(7, 50)  # 2 blocks each; one block stays spare at admission
+    s.add(a)
+    s.add(b)
+    run_step(s)
+    assert s.block_manager.num_free_blocks == 1
+    assert len(run_step(s)) == 2  # a takes the spare block for its 9th token, b fills its 2nd block
+    assert s.block_manager.num_free_blocks == 0
+    chunks = run_step(s)  # b needs a 3rd block: there is none, so b (the newest) is preempted
+    assert [ch.seq for ch in chunks] == [a]
+    assert b.status is SequenceStatus.WAITING and s.waiting[0] is b and b.block_table == []
+    assert b.num_preemptions == 1
+    s.finish(a, FinishReason.STOP)  # a finishes: b comes back and recomputes its tokens
+    chunks = run_step(s)
+    assert [ch.seq for ch in chunks] == [b]
+    assert chunks[0].start + chunks[0].num_tokens == 9
+
+
+def test_lone_sequence_larger_than_the_cache_finishes_instead_of_deadlocking() -> None:
+    s = make(num_blocks=2, budget=64)
+    a = seq(8)
+    s.add(a)
+    run_step(s)
+    chunks = run_step(s)  # needs a 3rd block that does not exist
+    assert chunks == [] and a.finish_reason is FinishReason.LENGTH
+    assert s.finished == [a] and s.block_manager.num_free_blocks == 2 and not s.has_work()
+
+
+def test_admission_waits_for_free_blocks() -> None:
+    s = make(num_blocks=3, budget=64)
+    a, b = seq(8), seq(8, 40)
+    s.add(a)
+    s.add(b)
+    chunks = run_step(s)
+    assert [ch.seq for ch in chunks] == [a] and b.status is SequenceStatus.WAITING
+    s.finish(a, FinishReason.STOP)
+    assert [ch.seq for ch in run_step(s)] == [b]
+
+
+def test_abort_frees_blocks_at_once_wherever_the_sequence_is() -> None:
+    s = make(max_num_seqs=1)
+    a, b = seq(5), seq(5, 9)
+    s.add(a)
+    s.add(b)
+    run_step(s)
+    assert s.abort(a) and s.abort(b)
+    assert s.block_manager.num_free_blocks == 16 and not s.has_work()
+    assert a.finish_reason is b.finish_reason is FinishReason.ABORT
+    assert not s.abort(a)
