@@ -1,0 +1,292 @@
+"""The repository's rules for rendered manifests, beyond what the API schemas can say.
+
+Each check takes every object of one rendered tree and returns problems as `Kind/ns/name: what`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+
+SERVING_KINDS = {"Rollout", "Deployment", "StatefulSet", "DaemonSet"}
+WORKLOAD_KINDS = SERVING_KINDS | {"Job", "CronJob"}
+GPU = "nvidia.com/gpu"
+_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+def _ref(obj: dict) -> str:
+    meta = obj.get("metadata") or {}
+    ns = f"{meta['namespace']}/" if meta.get("namespace") else ""
+    return f"{obj.get('kind', '?')}/{ns}{meta.get('name', '?')}"
+
+
+def pod_templates(objects: list[dict]) -> Iterator[tuple[str, dict, dict]]:
+    """(where, the object, pod template) for workloads and the Jobs of analysis `job` metrics."""
+    for obj in objects:
+        kind, spec = obj.get("kind"), obj.get("spec") or {}
+        if kind in WORKLOAD_KINDS:
+            template = spec.get("template")
+            if kind == "CronJob":
+                template = spec.get("jobTemplate", {}).get("spec", {}).get("template")
+            if template:
+                yield _ref(obj), obj, template
+        elif kind in ("AnalysisTemplate", "ClusterAnalysisTemplate"):
+            for metric in spec.get("metrics", []):
+                job = (metric.get("provider") or {}).get("job")
+                if job:
+                    yield f"{_ref(obj)} metric {metric.get('name')}", obj, job["spec"]["template"]
+
+
+def _containers(template: dict) -> list[dict]:
+    spec = template.get("spec") or {}
+    return list(spec.get("initContainers") or []) + list(spec.get("containers") or [])
+
+
+def image_pinned(image: str) -> str | None:
+    """Why an image reference is not pinned, or None when it is (a tag other than latest, or a digest)."""
+    if _DIGEST.search(image):
+        return None
+    name = image.rsplit("/", 1)[-1]
+    if ":" not in name:
+        return f"image {image} has no tag or digest"
+    if name.rsplit(":", 1)[1] == "latest":
+        return f"image {image} uses :latest"
+    return None
+
+
+def check_images(objects: list[dict]) -> list[str]:
+    problems = []
+    for where, _, template in pod_templates(objects):
+        for c in _containers(template):
+            if why := image_pinned(str(c.get("image", ""))):
+                problems.append(f"{where}: container {c.get('name')}: {why}")
+    return problems
+
+
+def check_security(objects: list[dict]) -> list[str]:
+    """Pod Security 'restricted' plus no service account token: what base/ promises."""
+    problems = []
+    for where, _, template in pod_templates(objects):
+        spec = template.get("spec") or {}
+        pod_sc = spec.get("securityContext") or {}
+        if spec.get("automountServiceAccountToken") is not False:
+            problems.append(f"{where}: automountServiceAccountToken is not false")
+        for c in _containers(template):
+            sc = c.get("securityContext") or {}
+            name = f"{where}: container {c.get('name')}"
+            if not (sc.get("runAsNonRoot") or pod_sc.get("runAsNonRoot")):
+                problems.append(f"{name}: runAsNonRoot is not true")
+            seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
+            if seccomp not in ("RuntimeDefault", "Localhost"):
+                problems.append(f"{name}: seccompProfile is not RuntimeDefault")
+            if sc.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{name}: allowPrivilegeEscalation is not false")
+            if sc.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{name}: readOnlyRootFilesystem is not true")
+            if "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []):
+                problems.append(f"{name}: capabilities do not drop ALL")
+    return problems
+
+
+def check_resources(objects: list[dict]) -> list[str]:
+    problems = []
+    for where, _, template in pod_templates(objects):
+        for c in _containers(template):
+            res = c.get("resources") or {}
+            for part in ("requests", "limits"):
+                missing = [r for r in ("cpu", "memory") if r not in (res.get(part) or {})]
+                if missing:
+                    problems.append(f"{where}: container {c.get('name')}: no {part} for {', '.join(missing)}")
+    return problems
+
+
+def check_probes(objects: list[dict]) -> list[str]:
+    """Serving containers need startup, readiness and liveness probes (model loads take minutes)."""
+    problems = []
+    for where, obj, template in pod_templates(objects):
+        if obj.get("kind") not in SERVING_KINDS:
+            continue
+        for c in (template.get("spec") or {}).get("containers") or []:
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if not c.get(probe):
+                    problems.append(f"{where}: container {c.get('name')}: no {probe}")
+    return problems
+
+
+def _settings(objects: list[dict], template: dict) -> dict[str, str]:
+    """The R1SERVE_* values a pod template gets from ConfigMaps (envFrom) and literal env."""
+    config_maps = {
+        o["metadata"]["name"]: o.get("data") or {} for o in objects if o.get("kind") == "ConfigMap"
+    }
+    values: dict[str, str] = {}
+    for c in (template.get("spec") or {}).get("containers") or []:
+        for source in c.get("envFrom") or []:
+            if name := (source.get("configMapRef") or {}).get("name"):
+                values.update(config_maps.get(name, {}))
+        values.update({e["name"]: e["value"] for e in c.get("env") or [] if "value" in e})
+    return values
+
+
+def check_gpu(objects: list[dict]) -> list[str]:
+    """A server told to use CUDA must request a GPU, and a CPU server must not hold one."""
+    problems = []
+    for where, obj, template in pod_templates(objects):
+        if obj.get("kind") not in SERVING_KINDS:
+            continue
+        device = _settings(objects, template).get("R1SERVE_DEVICE", "auto")
+        for c in (template.get("spec") or {}).get("containers") or []:
+            gpus = str(((c.get("resources") or {}).get("limits") or {}).get(GPU, "0"))
+            if device.startswith("cuda") and gpus in ("0", ""):
+                problems.append(
+                    f"{where}: container {c.get('name')}: R1SERVE_DEVICE={device} but no {GPU} limit"
+                )
+            if device == "cpu" and gpus not in ("0", ""):
+                problems.append(
+                    f"{where}: container {c.get('name')}: R1SERVE_DEVICE=cpu but holds {gpus} GPU"
+                )
+    return problems
+
+
+def check_drain(objects: list[dict]) -> list[str]:
+    """The grace period must cover the preStop pause plus the server's drain timeout."""
+    problems = []
+    for where, obj, template in pod_templates(objects):
+        if obj.get("kind") not in SERVING_KINDS:
+            continue
+        spec = template.get("spec") or {}
+        grace = spec.get("terminationGracePeriodSeconds", 30)
+        drain = float(_settings(objects, template).get("R1SERVE_DRAIN_TIMEOUT", 30))
+        for c in spec.get("containers") or []:
+            pre_stop = ((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {}).get("seconds", 0)
+            if grace < pre_stop + drain:
+                problems.append(
+                    f"{where}: terminationGracePeriodSeconds {grace} < preStop {pre_stop}s + drain {drain:g}s"
+                )
+    return problems
+
+
+def _strategy_services(rollout: dict) -> dict[str, str]:
+    strategy = (rollout.get("spec") or {}).get("strategy") or {}
+    fields = {"canary": ("stableService", "canaryService"), "blueGreen": ("activeService", "previewService")}
+    return {
+        f"{kind}.{field}": strategy[kind][field]
+        for kind, names in fields.items()
+        if kind in strategy
+        for field in names
+        if strategy[kind].get(field)
+    }
+
+
+def check_rollout_services(objects: list[dict]) -> list[str]:
+    """A strategy is set, its Services exist, select the Rollout's pods and reach a named port."""
+    services = {o["metadata"]["name"]: o for o in objects if o.get("kind") == "Service"}
+    problems = []
+    for obj in objects:
+        if obj.get("kind") != "Rollout":
+            continue
+        spec = obj.get("spec") or {}
+        strategy = spec.get("strategy") or {}
+        if not ({"canary", "blueGreen"} & set(strategy)):
+            problems.append(f"{_ref(obj)}: no canary or blueGreen strategy")
+            continue
+        if "blueGreen" in strategy and not _strategy_services(obj).get("blueGreen.activeService"):
+            problems.append(f"{_ref(obj)}: blueGreen without activeService")
+        labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+        ports = {
+            p.get("name")
+            for c in (spec.get("template") or {}).get("spec", {}).get("containers") or []
+            for p in c.get("ports") or []
+        }
+        for field, name in _strategy_services(obj).items():
+            svc = services.get(name)
+            if svc is None:
+                problems.append(f"{_ref(obj)}: {field} {name} is not rendered")
+                continue
+            selector = (svc.get("spec") or {}).get("selector") or {}
+            if not selector or any(labels.get(k) != v for k, v in selector.items()):
+                problems.append(f"{_ref(obj)}: Service {name} selector {selector} does not match the pods")
+            for port in (svc.get("spec") or {}).get("ports") or []:
+                target = port.get("targetPort")
+                if isinstance(target, str) and target not in ports:
+                    problems.append(
+                        f"{_ref(obj)}: Service {name} targets port {target!r}, not a container port"
+                    )
+    return problems
+
+
+def analysis_references(rollout: dict) -> Iterator[tuple[str, dict]]:
+    """(where, analysis block) for every analysis a Rollout's strategy runs."""
+    strategy = (rollout.get("spec") or {}).get("strategy") or {}
+    canary, blue_green = strategy.get("canary") or {}, strategy.get("blueGreen") or {}
+    if canary.get("analysis"):
+        yield "canary.analysis", canary["analysis"]
+    for i, step in enumerate(canary.get("steps") or []):
+        if step.get("analysis"):
+            yield f"canary.steps[{i}].analysis", step["analysis"]
+    for field in ("prePromotionAnalysis", "postPromotionAnalysis"):
+        if blue_green.get(field):
+            yield f"blueGreen.{field}", blue_green[field]
+
+
+def check_analysis_args(objects: list[dict]) -> list[str]:
+    """Every template an analysis names is rendered, and each of its args without a default is given."""
+    templates = {o["metadata"]["name"]: o for o in objects if o.get("kind") == "AnalysisTemplate"}
+    problems = []
+    for obj in objects:
+        if obj.get("kind") != "Rollout":
+            continue
+        for where, analysis in analysis_references(obj):
+            given = {a["name"] for a in analysis.get("args") or []}
+            for ref in analysis.get("templates") or []:
+                name = ref.get("templateName")
+                if ref.get("clusterScope"):
+                    continue
+                template = templates.get(name)
+                if template is None:
+                    problems.append(f"{_ref(obj)}: {where}: AnalysisTemplate {name} is not rendered")
+                    continue
+                for arg in (template.get("spec") or {}).get("args") or []:
+                    if "value" not in arg and "valueFrom" not in arg and arg["name"] not in given:
+                        problems.append(f"{_ref(obj)}: {where}: {name} needs arg {arg['name']!r}")
+    return problems
+
+
+def check_pod_monitor(objects: list[dict]) -> list[str]:
+    """Analysis tells canary from stable by rollouts_pod_template_hash: the scrape must keep it."""
+    monitors = [o for o in objects if o.get("kind") == "PodMonitor"]
+    problems = []
+    for obj in objects:
+        if obj.get("kind") != "Rollout":
+            continue
+        labels = (((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
+        keeps = False
+        for mon in monitors:
+            selector = ((mon.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+            if selector and all(labels.get(k) == v for k, v in selector.items()):
+                for endpoint in (mon.get("spec") or {}).get("podMetricsEndpoints") or []:
+                    keeps |= any(
+                        r.get("targetLabel") == "rollouts_pod_template_hash"
+                        and "__meta_kubernetes_pod_label_rollouts_pod_template_hash"
+                        in (r.get("sourceLabels") or [])
+                        for r in endpoint.get("relabelings") or []
+                    )
+        if not keeps:
+            problems.append(f"{_ref(obj)}: no PodMonitor keeps rollouts_pod_template_hash for its pods")
+    return problems
+
+
+CHECKS: tuple[Callable[[list[dict]], list[str]], ...] = (
+    check_images,
+    check_security,
+    check_resources,
+    check_probes,
+    check_gpu,
+    check_drain,
+    check_rollout_services,
+    check_analysis_args,
+    check_pod_monitor,
+)
+
+
+def policy_problems(objects: list[dict]) -> list[str]:
+    return [problem for check in CHECKS for problem in check(objects)]
