@@ -1,0 +1,46 @@
+"""Fixtures of the e2e tier: the built toolchain and one real control plane for the session.
+
+Each test works in its own namespace and stops every process it started (fixtures with
+finalizers), so a failing test leaves nothing behind but its logs under pytest's tmp dir.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from r1ops.e2e.build import Toolchain, ensure
+from r1ops.e2e.cluster import Cluster
+from r1ops.e2e.kubectl import Kubectl
+
+
+@pytest.fixture(scope="session")
+def toolchain() -> Toolchain:
+    return ensure()
+
+
+@pytest.fixture(scope="session")
+def cluster(toolchain: Toolchain, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with Cluster(toolchain, tmp_path_factory.mktemp("cluster")) as c:
+        yield c
+
+
+@pytest.fixture
+def kubectl(cluster: Cluster) -> Kubectl:
+    return cluster.kubectl
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = f"t-{request.node.name[:30].lower().replace('_', '-')}-{uuid.uuid4().hex[:5]}".replace("--", "-")
+    cluster.kubectl.run("create", "namespace", name)
+    yield name
+    cluster.check_alive()
+    cluster.kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def e2e_dir() -> Path:
+    return Path(__file__).resolve().parent
