@@ -68,14 +68,14 @@ SERVICE = [
         "End-to-end latency P50 / P99 (recorded, per hash)",
         "s",
         [
-            target(f"{REC}:inference_latency_seconds:p99_1m{{{NS}}}", f"P99 {H}"),
-            target(f"{REC}:inference_latency_seconds:p50_1m{{{NS}}}", f"P50 {H}"),
+            target(f"{REC}:inference_latency_seconds:p99_2m{{{NS}}}", f"P99 {H}"),
+            target(f"{REC}:inference_latency_seconds:p50_2m{{{NS}}}", f"P50 {H}"),
         ],
     ),
     panel(
         "Error rate (5xx / all, recorded, per hash)",
         "percentunit",
-        [target(f"{REC}:inference_error_ratio:rate1m{{{NS}}}", H)],
+        [target(f"{REC}:inference_error_ratio:rate2m{{{NS}}}", H)],
     ),
     panel(
         "Time to first token P50 / P99",
@@ -175,9 +175,9 @@ CANARY = [
             maxPerRow=2,
         )
         for title, unit, expr, legend in [
-            ("$hash: P99 latency", "s", REC + ":inference_latency_seconds:p99_1m{{{sel}}}", "P99"),
-            ("$hash: error rate", "percentunit", REC + ":inference_error_ratio:rate1m{{{sel}}}", "5xx ratio"),
-            ("$hash: request rate", "reqps", REC + ":inference_requests:rate1m{{{sel}}}", "req/s"),
+            ("$hash: P99 latency", "s", REC + ":inference_latency_seconds:p99_2m{{{sel}}}", "P99"),
+            ("$hash: error rate", "percentunit", REC + ":inference_error_ratio:rate2m{{{sel}}}", "5xx ratio"),
+            ("$hash: request rate", "reqps", REC + ":inference_requests:rate2m{{{sel}}}", "req/s"),
             (
                 "$hash: time to first token P99",
                 "s",

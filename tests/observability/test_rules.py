@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from r1ops.prometheus import PrometheusProcess
 from r1ops.prometheus_rules import prometheus_rule_files, rule_groups
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,7 +77,7 @@ def test_every_alert_links_to_its_runbook_section() -> None:
         assert alert["labels"]["severity"] in {"warning", "critical"}, alert["alert"]
 
 
-def test_a_real_prometheus_loads_and_evaluates_every_rule(prometheus: str) -> None:
+def test_a_real_prometheus_loads_and_evaluates_every_rule(empty_prometheus: PrometheusProcess) -> None:
     expected = {
         r.get("record") or r.get("alert")
         for p in prometheus_rule_files()
@@ -85,10 +86,9 @@ def test_a_real_prometheus_loads_and_evaluates_every_rule(prometheus: str) -> No
     }
     deadline = time.monotonic() + 30
     while True:  # health is "unknown" until a rule's first evaluation, "err" if it cannot run
-        groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
+        groups = httpx.get(f"{empty_prometheus.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
         health = {r["name"]: r["health"] for g in groups for r in g["rules"]}
         if "unknown" not in health.values() or time.monotonic() > deadline:
             break
-        time.sleep(0.5)
-    assert set(health) == expected
+        time.sleep(0.2)
     assert health == dict.fromkeys(expected, "ok")

@@ -1,0 +1,1 @@
+"""Observability and autoscaling tests (a package, so its helper modules import relatively)."""
