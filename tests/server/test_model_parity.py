@@ -45,6 +45,8 @@ CONFIGS = {
     ),
 }
 PROMPT_LENGTHS = (1, 5, 13, 40)
+# CUDA runs where there is a GPU (the H100 job); CI has none
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def _random_model(config: Qwen2Config | LlamaConfig, seed: int) -> torch.nn.Module:
@@ -61,17 +63,24 @@ def _random_model(config: Qwen2Config | LlamaConfig, seed: int) -> torch.nn.Modu
     return model.eval()
 
 
-@pytest.fixture(scope="module", params=list(CONFIGS))
+def _save(hf: torch.nn.Module, out: Path, tiny_model_dir: Path, **save_options: object) -> Path:
+    hf.save_pretrained(out, **save_options)
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # the runner loads a tokenizer too
+        shutil.copy(tiny_model_dir / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="module", params=[(c, d) for d in DEVICES for c in CONFIGS], ids="-".join)
 def pair(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
 ) -> Iterator[tuple[torch.nn.Module, ModelRunner]]:
-    hf = _random_model(CONFIGS[request.param], seed=len(request.param))
-    out = tmp_path_factory.mktemp(request.param)
-    hf.save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json"):  # the runner loads a tokenizer too
-        shutil.copy(tiny_model_dir / name, out / name)
-    runner = ModelRunner(out, dtype="float32", block_size=BLOCK, kv_cache_memory=2**20, progress=False)
-    yield hf, runner
+    name, device = request.param
+    hf = _random_model(CONFIGS[name], seed=len(name))
+    out = _save(hf, tmp_path_factory.mktemp(name), tiny_model_dir)
+    runner = ModelRunner(
+        out, device=device, dtype="float32", block_size=BLOCK, kv_cache_memory=2**20, progress=False
+    )
+    yield hf.to(device), runner
 
 
 def _prompt(length: int, seed: int) -> list[int]:
@@ -93,7 +102,7 @@ class Blocks:
 
 def _hf_last_logits(hf: torch.nn.Module, ids: Sequence[int]) -> torch.Tensor:
     with torch.no_grad():
-        return hf(torch.tensor([list(ids)])).logits[0, -1]
+        return hf(torch.tensor([list(ids)], device=hf.device)).logits[0, -1].float()
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])
@@ -146,7 +155,7 @@ def test_greedy_generation_matches(
     for prompt, generated in zip(prompts, ours, strict=True):
         with torch.no_grad():
             ref = hf.generate(
-                torch.tensor([prompt]),
+                torch.tensor([prompt], device=hf.device),
                 max_new_tokens=12,
                 min_new_tokens=12,
                 do_sample=False,
@@ -157,12 +166,42 @@ def test_greedy_generation_matches(
 
 def test_sharded_checkpoint_loads(tmp_path: Path, tiny_model_dir: Path) -> None:
     hf = _random_model(CONFIGS["qwen2-untied"], seed=3)
-    hf.save_pretrained(tmp_path, max_shard_size="40KB")
+    _save(hf, tmp_path, tiny_model_dir, max_shard_size="40KB")
     shards = sorted(tmp_path.glob("model-*.safetensors"))
     assert len(shards) > 2 and (tmp_path / "model.safetensors.index.json").is_file()
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tiny_model_dir / name, tmp_path / name)
     runner = ModelRunner(tmp_path, dtype="float32", block_size=BLOCK, kv_cache_memory=2**20, progress=False)
     prompt = _prompt(11, seed=11)
     logits = runner.run([ScheduledSeq(prompt, 0, Blocks(runner.num_blocks).table_for([], len(prompt)))])
     torch.testing.assert_close(logits[0], _hf_last_logits(hf, prompt), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the H100 job); CI has none")
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_bfloat16_on_cuda(name: str, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The serving default on a GPU: dtype and KV cache size chosen automatically, bf16 logits close to
+    transformers' bf16 logits, and the same greedy tokens."""
+    hf = _random_model(CONFIGS[name], seed=1)
+    runner = ModelRunner(_save(hf, tmp_path, tiny_model_dir), block_size=16, progress=False)
+    assert (runner.device.type, runner.dtype) == ("cuda", torch.bfloat16)
+    assert runner.num_blocks * runner.block_size >= runner.max_model_len
+    hf = hf.to("cuda", torch.bfloat16)
+    prompts = [_prompt(n, seed=n) for n in (5, 33, 70)]
+    tables = [list(range(i * 8, i * 8 + 5)) for i in range(len(prompts))]
+    logits = runner.run([ScheduledSeq(p, 0, t) for p, t in zip(prompts, tables, strict=True)])
+    for row, prompt in zip(logits, prompts, strict=True):
+        expected = _hf_last_logits(hf, prompt)
+        err = float((row - expected).abs().max())
+        print(f"{name}: bf16 max |logit diff| {err:.4f} of max |logit| {float(expected.abs().max()):.2f}")
+        # bf16 keeps 8 bits of mantissa: compare relative to the logits' size
+        assert err <= 0.05 * float(expected.abs().max())
+    ours = _greedy(runner, prompts, steps=8)
+    for prompt, generated in zip(prompts, ours, strict=True):
+        with torch.no_grad():
+            ref = hf.generate(
+                torch.tensor([prompt], device="cuda"),
+                max_new_tokens=8,
+                min_new_tokens=8,
+                do_sample=False,
+                eos_token_id=None,
+            )
+        assert generated == ref[0, len(prompt) :].tolist()

@@ -11,7 +11,7 @@ from r1serve.model_runner import ModelRunner, ScheduledSeq
 
 @pytest.fixture(scope="module")
 def runner(tiny_model_dir: Path) -> ModelRunner:
-    return ModelRunner(tiny_model_dir, kv_cache_memory=4 * 2**20, block_size=16, progress=False)
+    return ModelRunner(tiny_model_dir, device="cpu", kv_cache_memory=4 * 2**20, block_size=16, progress=False)
 
 
 def test_loads_tiny_checkpoint(runner: ModelRunner) -> None:
@@ -61,7 +61,7 @@ def test_bad_batch_is_rejected(runner: ModelRunner, seq: ScheduledSeq, message: 
 
 def test_kv_cache_too_small_for_max_model_len(tiny_model_dir: Path) -> None:
     with pytest.raises(ValueError, match="needs 256"):
-        ModelRunner(tiny_model_dir, kv_cache_memory=64 * 8192, progress=False)
+        ModelRunner(tiny_model_dir, device="cpu", kv_cache_memory=64 * 8192, progress=False)
 
 
 def test_bad_settings(tiny_model_dir: Path) -> None:

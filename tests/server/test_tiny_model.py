@@ -54,7 +54,9 @@ def test_transformers_loads_it_and_agrees(arch: str, tiny_model_dir: Path, tmp_p
         [{"role": "user", "content": "Hello!"}], tokenize=False, add_generation_prompt=True
     )
     ids = hf_tok(prompt, add_special_tokens=False).input_ids
-    runner = ModelRunner(model_dir, block_size=8, kv_cache_memory=2**20, max_model_len=256, progress=False)
+    runner = ModelRunner(
+        model_dir, device="cpu", block_size=8, kv_cache_memory=2**20, max_model_len=256, progress=False
+    )
     assert (
         runner.tokenizer.encode(runner.tokenizer.apply_chat_template([{"role": "user", "content": "Hello!"}]))
         == ids
