@@ -135,7 +135,7 @@ class ModelRunner:
         # give the KV cache what is left of `utilization` of the card after weights and that peak.
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
-        blocks = -(-self.max_model_len // self.block_size)
+        blocks = self.num_blocks = -(-self.max_model_len // self.block_size)
         self.model.bind_kv_cache(self._allocate_cache(blocks))
         profile_cache_bytes = blocks * self.block_bytes
         self.run([ScheduledSeq([0] * self.max_model_len, 0, list(range(blocks)))])
@@ -189,6 +189,9 @@ class ModelRunner:
             tables[i, :used] = torch.tensor(seq.block_table[:used], dtype=torch.int32)
         if tables.numel() and not (int(tables.min()) >= 0 and int(tables.max()) < self.num_blocks):
             raise ValueError(f"block ids must be in [0, {self.num_blocks})")
+        # an out-of-range id would be a device-side assert on CUDA, which poisons the whole process
+        if not 0 <= min(input_ids) <= max(input_ids) < self.config.vocab_size:
+            raise ValueError(f"token ids must be in [0, {self.config.vocab_size})")
 
         def dev(values: list[int] | torch.Tensor, dtype: torch.dtype = torch.int64) -> torch.Tensor:
             t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)

@@ -52,6 +52,8 @@ def test_batch_equals_sequences_run_alone(runner: ModelRunner) -> None:
         (ScheduledSeq([1] * 17, 0, [0]), "cannot hold 17 tokens"),
         (ScheduledSeq([1], 4096, [0] * 257), "exceed max_model_len"),
         (ScheduledSeq([1], 0, [10**6]), "block ids must be in"),
+        (ScheduledSeq([1, 10**6], 0, [0]), "token ids must be in"),
+        (ScheduledSeq([-1], 0, [0]), "token ids must be in"),
     ],
 )
 def test_bad_batch_is_rejected(runner: ModelRunner, seq: ScheduledSeq, message: str) -> None:
