@@ -1,0 +1,143 @@
+"""Policies over the rendered overlays: each one holds for the repository's overlays and catches the
+mistake it exists for."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import pytest
+from r1ops import policy
+
+from .conftest import ENVS, find
+
+
+def _server(objs: list[dict]) -> dict:
+    return find(objs, "Rollout")["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_overlays_pass_every_policy(objects: dict, env: str) -> None:
+    assert policy.policy_problems(objects[env]) == []
+
+
+@pytest.mark.parametrize(("env", "gpus"), [("dev", None), ("staging", "1"), ("prod", "1")])
+def test_gpu_requests_follow_the_environment(objects: dict, env: str, gpus: str | None) -> None:
+    resources = _server(objects[env])["resources"]
+    assert resources["limits"].get("nvidia.com/gpu") == gpus
+    assert resources["requests"].get("nvidia.com/gpu") == gpus
+
+
+@pytest.mark.parametrize(
+    "image", ["ghcr.io/example-org/r1serve:0.1.0", "localhost:5000/r1serve:1", "r1@sha256:" + "a" * 64]
+)
+def test_pinned_images(image: str) -> None:
+    assert policy.image_pinned(image) is None
+
+
+@pytest.mark.parametrize(
+    ("image", "why"),
+    [
+        ("ghcr.io/example-org/r1serve", "no tag or digest"),
+        ("ghcr.io/example-org/r1serve:latest", ":latest"),
+        ("localhost:5000/r1serve", "no tag or digest"),
+    ],
+)
+def test_unpinned_images(image: str, why: str) -> None:
+    assert why in (policy.image_pinned(image) or "")
+
+
+def _break(objs: list[dict], edit: Callable[[list[dict]], None]) -> list[str]:
+    broken = copy.deepcopy(objs)
+    edit(broken)
+    return policy.policy_problems(broken)
+
+
+def _set_server(key: str, value: object) -> Callable[[list[dict]], None]:
+    return lambda objs: _server(objs).__setitem__(key, value)
+
+
+def _drop_gpu(objs: list[dict]) -> None:
+    for part in ("limits", "requests"):
+        del _server(objs)["resources"][part]["nvidia.com/gpu"]
+
+
+def _drop_service(objs: list[dict]) -> None:
+    objs.remove(find(objs, "Service", "deepseek-r1-preview"))
+
+
+def _mislabel_service(objs: list[dict]) -> None:
+    find(objs, "Service", "deepseek-r1")["spec"]["selector"]["app.kubernetes.io/component"] = "web"
+
+
+def _drop_arg(objs: list[dict]) -> None:
+    args = find(objs, "Rollout")["spec"]["strategy"]["blueGreen"]["prePromotionAnalysis"]["args"]
+    args[:] = [a for a in args if a["name"] != "preview-url"]
+
+
+def _drop_relabel(objs: list[dict]) -> None:
+    find(objs, "PodMonitor")["spec"]["podMetricsEndpoints"][0]["relabelings"].pop(0)
+
+
+def _short_grace(objs: list[dict]) -> None:
+    find(objs, "Rollout")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 30
+
+
+def _root_job(objs: list[dict]) -> None:
+    job = find(objs, "Job")["spec"]["template"]["spec"]
+    job["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+
+
+def _token(objs: list[dict]) -> None:
+    template = find(objs, "AnalysisTemplate", "inference-preview-load")
+    template["spec"]["metrics"][0]["provider"]["job"]["spec"]["template"]["spec"].pop(
+        "automountServiceAccountToken"
+    )
+
+
+def _no_strategy(objs: list[dict]) -> None:
+    find(objs, "Rollout")["spec"]["strategy"] = {}
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (_set_server("image", "ghcr.io/example-org/r1serve:latest"), "uses :latest"),
+        (_set_server("readinessProbe", None), "no readinessProbe"),
+        (_set_server("startupProbe", None), "no startupProbe"),
+        (_set_server("resources", {"limits": {"cpu": "1"}}), "no requests for cpu, memory"),
+        (_set_server("securityContext", {}), "allowPrivilegeEscalation is not false"),
+        (_drop_gpu, "R1SERVE_DEVICE=cuda but no nvidia.com/gpu limit"),
+        (_drop_service, "previewService deepseek-r1-preview is not rendered"),
+        (_mislabel_service, "Service deepseek-r1 selector"),
+        (_drop_arg, "inference-preview-load needs arg 'preview-url'"),
+        (_drop_relabel, "no PodMonitor keeps rollouts_pod_template_hash"),
+        (_short_grace, "terminationGracePeriodSeconds 30 < preStop 10s + drain 30s"),
+        (
+            _root_job,
+            "Job/ai-inference-prod/deepseek-r1-model-download: container download: allowPrivilegeEscalation",
+        ),
+        (_token, "inference-preview-load metric preview-load: automountServiceAccountToken is not false"),
+        (_no_strategy, "no canary or blueGreen strategy"),
+    ],
+)
+def test_policy_catches(objects: dict, edit: Callable[[list[dict]], None], expected: str) -> None:
+    problems = _break(objects["prod"], edit)
+    assert any(expected in p for p in problems), problems
+
+
+def test_cpu_server_holding_a_gpu_is_flagged(objects: dict) -> None:
+    def add_gpu(objs: list[dict]) -> None:
+        _server(objs)["resources"]["limits"]["nvidia.com/gpu"] = "1"
+
+    assert any("R1SERVE_DEVICE=cpu but holds 1 GPU" in p for p in _break(objects["dev"], add_gpu))
+
+
+def test_canary_arguments_are_checked_too(objects: dict) -> None:
+    def drop(objs: list[dict]) -> None:
+        analysis = find(objs, "Rollout")["spec"]["strategy"]["canary"]["analysis"]
+        analysis["args"] = [a for a in analysis["args"] if a["name"] != "stable-hash"]
+
+    assert any(
+        "inference-p99-vs-stable needs arg 'stable-hash'" in p for p in _break(objects["staging"], drop)
+    )
