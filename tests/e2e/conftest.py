@@ -6,14 +6,18 @@ finalizers), so a failing test leaves nothing behind but its logs under pytest's
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from r1ops.e2e.build import Toolchain, ensure
 from r1ops.e2e.cluster import Cluster
 from r1ops.e2e.kubectl import Kubectl
+from r1ops.e2e.scenario import Scenario
+
+OVERLAYS = Path(__file__).resolve().parent / "overlays"
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +45,15 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
     cluster.kubectl.run("delete", "namespace", name, "--wait=false", check=False)
 
 
-@pytest.fixture(scope="session")
-def e2e_dir() -> Path:
-    return Path(__file__).resolve().parent
+@pytest.fixture
+def scenario(
+    cluster: Cluster, namespace: str, tiny_model_dir: Path, tmp_path: Path
+) -> Iterator[Callable[[str], Scenario]]:
+    """Factory: scenario("canary") -> a started Scenario on tests/e2e/overlays/canary, stopped after."""
+    with contextlib.ExitStack() as stack:
+
+        def make(case: str) -> Scenario:
+            overlay = OVERLAYS / case
+            return stack.enter_context(Scenario(cluster, namespace, overlay, tiny_model_dir, tmp_path / case))
+
+        yield make

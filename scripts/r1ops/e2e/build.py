@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[3]
 E2E = REPO / "e2e"
 console = Console(stderr=True)
 
-# name -> (wrapper module dir, Go package)
+# binary name -> Go package, per wrapper module
 CONTROLPLANE = {
     "etcd": "go.etcd.io/etcd/server/v3",
     "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
@@ -67,15 +67,12 @@ def cache_root() -> Path:
 
 
 def cache_key() -> str:
+    """Hash of what decides the binaries: the wrapper modules, kwok's version, the Go release."""
     h = hashlib.sha256()
-    for rel in (
-        "controlplane/go.mod",
-        "controlplane/go.sum",
-        "rollouts/go.mod",
-        "rollouts/go.sum",
-        "sources.yaml",
-    ):
+    for rel in ("controlplane/go.mod", "controlplane/go.sum", "rollouts/go.mod", "rollouts/go.sum"):
         h.update(rel.encode() + b"\0" + (E2E / rel).read_bytes())
+    kwok = sources()["kwok"]
+    h.update(f"{kwok['package']}@{kwok['version']}".encode())
     h.update(_go(["env", "GOVERSION"], cwd=E2E / "controlplane").encode())
     return h.hexdigest()[:16]
 

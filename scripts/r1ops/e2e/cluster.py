@@ -40,7 +40,10 @@ metadata:
     kubernetes.io/os: linux
     kubernetes.io/arch: amd64
     type: kwok
+    topology.kubernetes.io/zone: e2e-{zone}
+    # What the GPU operator's feature discovery labels an H100 node with (prod selects on it).
     nvidia.com/gpu.present: "true"
+    nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3
 status:
   capacity: &cap {{cpu: "64", memory: 512Gi, pods: "110", nvidia.com/gpu: "8", ephemeral-storage: 1Ti}}
   allocatable: *cap
@@ -222,7 +225,7 @@ current-context: e2e
             *configs,
         )
         nodes = "\n---".join(
-            NODE_TEMPLATE.format(name=f"kwok-node-{i}", annotation=FAKE_NODE_ANNOTATION)
+            NODE_TEMPLATE.format(name=f"kwok-node-{i}", zone="ab"[i % 2], annotation=FAKE_NODE_ANNOTATION)
             for i in range(self.nodes)
         )
         self.kubectl.run("apply", "-f", "-", stdin=nodes)

@@ -1,0 +1,104 @@
+"""Canary (the staging overlay) driven by the real Argo Rollouts controller on real metrics.
+
+Version 1.0.0 is deployed and serves client traffic (Locust through the `deepseek-r1` Service).
+Then a new version arrives: a healthy one must be promoted to 100% after its background analysis
+succeeds; one that cannot batch (R1SERVE_MAX_NUM_SEQS=1 under concurrent load) has a P99 above the
+gate and must be aborted, leaving the stable ReplicaSet serving behind both Services. With no
+traffic there is no data, and no data must never promote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from r1ops.e2e.analyze import DryRun
+from r1ops.e2e.deploy import service_hash
+from r1ops.e2e.scenario import Scenario
+
+Factory = Callable[[str], Scenario]
+
+pytestmark = pytest.mark.e2e
+
+SERVICES = ("deepseek-r1", "deepseek-r1-canary")
+SLOW = {"R1SERVE_MAX_NUM_SEQS": "1"}
+
+
+def _started(scenario: Factory) -> tuple[Scenario, dict]:
+    sc = scenario("canary")
+    sc.deploy("1.0.0")
+    return sc, sc.wait_healthy()
+
+
+def _metric(run: dict, name: str) -> dict:
+    return next(m for m in run["status"]["metricResults"] if m["name"] == name)
+
+
+def test_healthy_version_is_promoted_after_analysis(scenario: Factory) -> None:
+    sc, first = _started(scenario)
+    with sc.load(["deepseek-r1"]) as load:
+        sc.deploy("1.1.0")
+        with DryRun(sc) as dry_run:
+            st = sc.wait_status(
+                lambda s: s.get("phase") == "Healthy" and s.get("stableRS") not in (None, first["stableRS"]),
+                420,
+                "1.1.0 promoted to 100%",
+            )
+    assert not load.errors
+    new_hash = st["stableRS"]
+    assert st["currentPodHash"] == new_hash
+    for svc in SERVICES:
+        assert service_hash(sc.kubectl, sc.namespace, svc) == new_hash
+
+    run = sc.analysis_runs()[-1]
+    assert run["status"]["phase"] == "Successful", sc.describe_analysis()
+    p99 = _metric(run, "p99-latency")
+    # Real measurements of the canary, each one a number under the gate: not a pass by absence.
+    assert p99["measurements"] and all(m["phase"] == "Successful" for m in p99["measurements"])
+    assert all(float(m["value"].strip("[]")) > 0 for m in p99["measurements"])
+    assert dry_run.phase() == "Successful", dry_run.output
+
+
+def test_slow_version_is_aborted_and_stable_keeps_serving(scenario: Factory) -> None:
+    sc, first = _started(scenario)
+    stable = first["stableRS"]
+    with sc.load(["deepseek-r1"]) as load:
+        sc.deploy("1.1.0-nobatch", env=SLOW)
+        with DryRun(sc) as dry_run:
+            st = sc.wait_status(lambda s: s.get("abort") is True, 420, "slow canary aborted")
+    assert not load.errors
+    assert st["phase"] == "Degraded"
+    assert st["stableRS"] == stable
+
+    run = sc.analysis_runs()[-1]
+    assert run["status"]["phase"] == "Failed", sc.describe_analysis()
+    assert _metric(run, "p99-latency")["phase"] == "Failed"
+
+    # Back to stable: both Services select the stable ReplicaSet, the canary's is scaled to zero.
+    sc.kubectl.wait_for(
+        lambda: all(service_hash(sc.kubectl, sc.namespace, s) == stable for s in SERVICES),
+        60,
+        "Services point at the stable ReplicaSet",
+    )
+    rs = {
+        r["metadata"]["labels"]["rollouts-pod-template-hash"]: r for r in sc.kubectl.items("rs", sc.namespace)
+    }
+    assert rs[st["currentPodHash"]]["spec"]["replicas"] == 0
+    assert rs[stable]["status"].get("readyReplicas") == first["readyReplicas"]
+    sc.kubectl.wait_for(
+        lambda: {ps.template_hash for ps in sc.pods.ready.values()} == {stable}, 60, "only stable pods serve"
+    )
+    assert dry_run.phase() == "Failed", dry_run.output
+
+
+def test_no_traffic_means_no_data_and_no_promotion(scenario: Factory) -> None:
+    sc, first = _started(scenario)
+    sc.deploy("1.1.0")  # and nobody calls the Service
+    st = sc.wait_status(
+        lambda s: any(r.get("status", {}).get("phase") == "Inconclusive" for r in sc.analysis_runs()),
+        420,
+        "analysis Inconclusive",
+    )
+    assert st["stableRS"] == first["stableRS"]
+    assert st.get("phase") == "Paused"
+    assert service_hash(sc.kubectl, sc.namespace, "deepseek-r1") == first["stableRS"]
