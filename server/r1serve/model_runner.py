@@ -141,7 +141,7 @@ class ModelRunner:
         self.run([ScheduledSeq([0] * self.max_model_len, 0, list(range(blocks)))])
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)
-        self.model.bind_kv_cache(torch.empty(0, device=self.device))
+        self.model.bind_kv_cache(self._allocate_cache(0))
         torch.cuda.empty_cache()
         current = torch.cuda.memory_allocated(self.device)
         free, total = torch.cuda.mem_get_info(self.device)
