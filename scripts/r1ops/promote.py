@@ -125,7 +125,7 @@ def _delivery(args: argparse.Namespace) -> Delivery:
 
 
 def _consoles() -> tuple[Console, Console]:
-    return Console(highlight=False), Console(stderr=True, highlight=False)
+    return Console(highlight=False, soft_wrap=True), Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def run_promote(args: argparse.Namespace) -> int:
@@ -134,9 +134,17 @@ def run_promote(args: argparse.Namespace) -> int:
     source, target = environment(repo.root, args.source), environment(repo.root, args.target)
     if not path.allows(source.name, target.name):
         raise CommandError(f"{source.name} -> {target.name} is not on the promotion path ({path.describe()})")
-    state = ReleaseFile(source.release_path).state
+    state, current = ReleaseFile(source.release_path).state, ReleaseFile(target.release_path).state
+    out, err = _consoles()
+    if state.model != current.model and not args.with_model:
+        # Environments may serve different models (a 1.5B in dev, a 32B in prod): the build moves on,
+        # the model and its revision stay, unless asked.
+        state = current.model_copy(update={"image": state.image})
+        out.print(
+            f"{target.name} keeps its model {current.model} ({source.name} serves another; --with-model)"
+        )
     change = ReleaseChange(repo, target, state, "promote", source=source.name)
-    return apply(change, _delivery(args), *_consoles())
+    return apply(change, _delivery(args), out, err)
 
 
 def run_bump(args: argparse.Namespace) -> int:
@@ -185,6 +193,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     promote.add_argument("source", help="environment to promote from, e.g. staging")
     promote.add_argument("target", help="environment to promote into, e.g. prod")
+    promote.add_argument(
+        "--with-model",
+        action="store_true",
+        help="also move the model id (and its revision) when the environments serve different models",
+    )
     _add_delivery_options(promote)
     promote.set_defaults(func=run_promote)
 

@@ -8,6 +8,7 @@ changed values and nothing else: comments, key order and quoting survive.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,10 @@ from r1ops.image_ref import ImageRef
 OVERLAYS = "overlays"
 RELEASE_FILE = "release.yaml"
 PROMOTION_FILE = f"{OVERLAYS}/promotion.yaml"
+
+# Hugging Face hub ids and revisions; both end up in a Job's command line and a local path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_REVISION = re.compile(r"^[\w][\w./-]{0,254}$")
 
 # Commit-message names of the fields, in the order a message lists them.
 FIELD_LABELS = {"image": "image", "model": "model", "modelRevision": "model rev"}
@@ -54,11 +59,18 @@ class ReleaseState(BaseModel):
         ImageRef.parse(value)
         return value
 
-    @field_validator("model", "modelRevision")
+    @field_validator("model")
     @classmethod
-    def _non_empty(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
+    def _hub_id(cls, value: str) -> str:
+        if not _HUB_ID.match(value):
+            raise ValueError(f"{value!r} is not a Hugging Face model id (org/name)")
+        return value
+
+    @field_validator("modelRevision")
+    @classmethod
+    def _revision(cls, value: str) -> str:
+        if not _REVISION.match(value):
+            raise ValueError(f"{value!r} is not a git revision (commit, tag or branch)")
         return value
 
     def changes_to(self, other: ReleaseState) -> dict[str, tuple[str, str]]:

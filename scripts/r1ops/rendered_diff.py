@@ -23,7 +23,12 @@ def render_valid(env: Environment, when: str) -> str:
     except (CommandError, subprocess.CalledProcessError, OSError, ValueError) as exc:
         detail = getattr(exc, "stderr", None) or str(exc)
         raise CommandError(f"{env.name} does not render {when}: {detail.strip().splitlines()[-1]}") from exc
-    problems = validate_rendered(text)
+    from r1ops.schemas import SchemaFetchError
+
+    try:
+        problems = validate_rendered(text)
+    except SchemaFetchError as exc:  # no network on a fresh machine: say so, in one line
+        raise CommandError(f"cannot validate {env.name}: {exc}") from exc
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise CommandError(f"{env.name} does not validate {when}: {problems[0]}{more}")

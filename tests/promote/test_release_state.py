@@ -70,8 +70,9 @@ def test_describe_changes_names_only_what_moved() -> None:
     ("mutate", "message"),
     [
         (lambda t: t.replace("1.4.2", "latest"), "data.image"),
-        (lambda t: t.replace('"1234567"', '""'), "data.modelRevision: Value error, must not be empty"),
+        (lambda t: t.replace('"1234567"', '""'), "data.modelRevision: Value error, '' is not a git revision"),
         (lambda t: t.replace("data:", "spec:"), "not a release ConfigMap"),
+        (lambda t: t.replace("deepseek-ai/", "../../"), "data.model: Value error, '../../DeepSeek"),
     ],
 )
 def test_a_broken_release_file_is_one_clear_error(tmp_path: Path, mutate, message: str) -> None:
