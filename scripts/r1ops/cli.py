@@ -48,4 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m r1ops.cli`: run the imported module's main, so that subcommands raising
+    # r1ops.cli.CommandError are caught (this file is `__main__`, a different class otherwise).
+    from r1ops.cli import main as _main
+
+    sys.exit(_main())
