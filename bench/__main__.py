@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import gc
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -68,6 +69,7 @@ def main() -> None:
     ap.add_argument("--model-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("bench-out"))
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     cases = args.cases.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict = {

@@ -7,6 +7,7 @@ sequences per step. The caller (the block manager) owns block allocation; block 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from r1serve.cuda_graphs import DecodeGraphs
 from r1serve.model import AttentionMetadata, CausalLM, load_model
 from r1serve.tokenizer import Tokenizer
 
+log = logging.getLogger(__name__)
 CPU_KV_CACHE_BYTES = 256 * 2**20
 DEFAULT_MAX_MODEL_LEN = 8192
 DTYPES = {
@@ -96,7 +98,7 @@ class ModelRunner:
         cfg = self.config
         self._block_shape = (self.block_size, cfg.num_key_value_heads, cfg.head_dim)
         self.block_bytes = 2 * cfg.num_hidden_layers * math.prod(self._block_shape) * self.dtype.itemsize
-        budget = kv_cache_memory or self._auto_kv_budget(gpu_memory_utilization)
+        budget = kv_cache_memory or self._auto_kv_budget(gpu_memory_utilization, max_num_seqs)
         self.num_blocks = budget // self.block_bytes
         needed = -(-self.max_model_len // self.block_size)
         if self.num_blocks < needed:
@@ -128,30 +130,34 @@ class ModelRunner:
         shape = (2, cfg.num_hidden_layers, num_blocks, *self._block_shape)
         return torch.zeros(shape, dtype=self.dtype, device=self.device)
 
-    def _auto_kv_budget(self, utilization: float) -> int:
+    def _auto_kv_budget(self, utilization: float, max_num_seqs: int) -> int:
         if self.device.type != "cuda":
             return CPU_KV_CACHE_BYTES
-        # Profile the largest step (one max_model_len prefill) against a just-big-enough cache, then
-        # give the KV cache what is left of `utilization` of the card after weights and that peak.
+        # Profile the largest step (one max_model_len prefill) against a just-big-enough cache; the KV
+        # cache then gets the free memory less that step's activations, the decode graphs' logits and
+        # the (1 - utilization) share of the card kept as headroom.
         torch.cuda.empty_cache()
+        weights = torch.cuda.memory_allocated(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         blocks = self.num_blocks = -(-self.max_model_len // self.block_size)
         self.model.bind_kv_cache(self._allocate_cache(blocks))
-        profile_cache_bytes = blocks * self.block_bytes
         self.run([ScheduledSeq([0] * self.max_model_len, 0, list(range(blocks)))])
         torch.cuda.synchronize(self.device)
-        peak = torch.cuda.max_memory_allocated(self.device)
+        activations = torch.cuda.max_memory_allocated(self.device) - weights - blocks * self.block_bytes
+        activations += 2 * max_num_seqs * self.config.vocab_size * 4  # float32 logits of a full decode batch
         self.model.bind_kv_cache(self._allocate_cache(0))
         torch.cuda.empty_cache()
-        current = torch.cuda.memory_allocated(self.device)
         free, total = torch.cuda.mem_get_info(self.device)
-        used_elsewhere = total - free - torch.cuda.memory_reserved(self.device)
-        budget = int(total * utilization) - used_elsewhere - (peak - profile_cache_bytes)
+        budget = free - int(total * (1 - utilization)) - activations
+        log.info(
+            "GPU memory: %.1f GiB total, %.1f GiB free after weights (%.1f GiB); activations %.1f GiB; "
+            "KV cache %.1f GiB",
+            total / 2**30, free / 2**30, weights / 2**30, activations / 2**30, budget / 2**30,
+        )  # fmt: skip
         if budget <= 0:
             raise ValueError(
-                f"no GPU memory left for the KV cache: weights and activations take {peak / 2**30:.1f} GiB "
-                f"(+{used_elsewhere / 2**30:.1f} GiB used by others, {current / 2**30:.1f} GiB resident) "
-                f"of {utilization:.0%} of {total / 2**30:.1f} GiB"
+                f"no GPU memory left for the KV cache: {free / 2**30:.1f} GiB free after the weights, "
+                f"{activations / 2**30:.1f} GiB needed for activations, {1 - utilization:.0%} kept free"
             )
         return budget
 
