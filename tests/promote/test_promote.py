@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
 import pytest
 from promote_git import Clone
 from r1ops.image_ref import ImageRef
+from r1ops.rendered_diff import print_diff
+from rich.console import Console
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
@@ -174,3 +177,17 @@ def test_refusals_are_one_line_and_change_nothing(alice: Clone, args, setup, rea
     assert reason in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert alice.head() == head and alice.git("status", "--porcelain") == status
+
+
+def test_the_installed_command_refuses_in_one_line(alice: Clone) -> None:
+    result = alice.r1ops_process("promote", "prod", "dev")
+    assert result.returncode == 1
+    assert result.stderr.startswith("r1ops promote: prod -> dev is not on the promotion path (dev -> staging")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_diff_is_colored_on_a_terminal() -> None:
+    terminal = Console(file=io.StringIO(), force_terminal=True, color_system="standard")
+    print_diff("--- a\n+++ b\n@@ -1 +1 @@\n-old\n+new\n same\n", terminal)
+    text = terminal.file.getvalue()
+    assert "\x1b[31m-old" in text and "\x1b[32m+new" in text and " same" in text
