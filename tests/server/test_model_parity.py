@@ -169,7 +169,9 @@ def test_sharded_checkpoint_loads(tmp_path: Path, tiny_model_dir: Path) -> None:
     _save(hf, tmp_path, tiny_model_dir, max_shard_size="40KB")
     shards = sorted(tmp_path.glob("model-*.safetensors"))
     assert len(shards) > 2 and (tmp_path / "model.safetensors.index.json").is_file()
-    runner = ModelRunner(tmp_path, dtype="float32", block_size=BLOCK, kv_cache_memory=2**20, progress=False)
+    runner = ModelRunner(
+        tmp_path, device="cpu", dtype="float32", block_size=BLOCK, kv_cache_memory=2**20, progress=False
+    )
     prompt = _prompt(11, seed=11)
     logits = runner.run([ScheduledSeq(prompt, 0, Blocks(runner.num_blocks).table_for([], len(prompt)))])
     torch.testing.assert_close(logits[0], _hf_last_logits(hf, prompt), atol=1e-4, rtol=1e-4)

@@ -73,4 +73,5 @@ def load_model(
             with torch.no_grad():
                 param.narrow(0, start, count).copy_(tensor)
             bar.advance(task)
-    return model.eval()
+    # inference only: no autograd graph even where a caller forgets inference_mode (e.g. graph capture)
+    return model.eval().requires_grad_(False)
