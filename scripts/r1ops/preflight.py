@@ -1,7 +1,7 @@
 """`r1ops preflight`: does this cluster have what the stack needs, before Argo CD syncs it?
 
 Reads the cluster through kubectl (current context, or --kubeconfig/--context) and the repository's
-own overlays (rendered with kubectl's kustomize), and prints one table row per check. Exit 1 when a
+own overlays (rendered by r1ops.render), and prints one table row per check. Exit 1 when a
 required check fails; warnings (things the first sync creates) do not fail it.
 """
 
@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from r1ops.cli import CommandError
+from r1ops.render import render_overlay
 
 REPO = Path(__file__).resolve().parents[2]
 GPU = "nvidia.com/gpu"
@@ -80,9 +81,6 @@ class Kubectl:
             if "doesn't have a resource type" in str(exc):  # CRD absent: the CRD check reports it
                 return []
             raise
-
-    def kustomize(self, path: Path) -> list[dict]:
-        return [d for d in yaml.safe_load_all(self._run("kustomize", str(path))) if d]
 
 
 @dataclass
@@ -270,6 +268,10 @@ def print_table(checks: list[Check], console: Console) -> None:
     console.print(table)
 
 
+def _render(overlay: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(render_overlay(overlay)) if d]
+
+
 def run(args: argparse.Namespace) -> int:
     kubectl = Kubectl(args.kubeconfig, args.context)
     overlays = REPO / "overlays"
@@ -277,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = [n for n in names if not (overlays / n / "kustomization.yaml").is_file()]
     if unknown:
         raise CommandError(f"no overlay for environment(s): {', '.join(unknown)}")
-    envs = [Environment.from_rendered(n, kubectl.kustomize(overlays / n)) for n in names]
+    envs = [Environment.from_rendered(n, _render(overlays / n)) for n in names]
     checks = run_checks(kubectl, envs, repo_app_projects())
     print_table(checks, Console())
     missing = [c for c in checks if c.status == "MISSING"]

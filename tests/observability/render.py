@@ -1,22 +1,15 @@
-"""Render a kustomization with the real kustomize built into kubectl."""
+"""Render a kustomization the way the rest of the repo does (r1ops.render: kubectl's kustomize)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
+from r1ops.render import render_overlay
 
 
 def kustomize(path: Path) -> list[dict]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.fail("kubectl not found: it renders the kustomizations (see README)")
-    result = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return [d for d in yaml.safe_load_all(result.stdout) if d]
+    return [d for d in yaml.safe_load_all(render_overlay(path)) if d]
 
 
 def find(docs: list[dict], kind: str, name: str) -> dict:

@@ -3,9 +3,7 @@ the PromQL selects the overlay's own namespace, and the DCGM option swaps only t
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -82,23 +80,15 @@ def test_argo_cd_ignores_the_rollouts_replicas() -> None:
 
 
 def test_dcgm_option_swaps_the_signal_only(tmp_path: Path) -> None:
-    """prod with components/autoscaling-gpu-dcgm added after autoscaling-keda."""
-    overlay = tmp_path / "prod-dcgm"
-    shutil.copytree(REPO / "overlays" / "prod", overlay)
-    repo = os.path.relpath(REPO, overlay)  # kustomize refuses absolute roots
-    kustomization = (overlay / "kustomization.yaml").read_text().replace("../../", f"{repo}/")
-    kustomization = kustomization.replace(
-        f"  - {repo}/components/autoscaling-keda\n",
-        f"  - {repo}/components/autoscaling-keda\n  - {repo}/components/autoscaling-gpu-dcgm\n",
-    )
-    (overlay / "kustomization.yaml").write_text(kustomization)
-    out = subprocess.run(
-        ["kubectl", "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(overlay)],
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stderr
-    so = find([d for d in yaml.safe_load_all(out.stdout) if d], "ScaledObject", "deepseek-r1")
+    """prod with components/autoscaling-gpu-dcgm added after autoscaling-keda, in a copy of the tree."""
+    for part in ("base", "components", "rollouts", "overlays/prod"):
+        shutil.copytree(REPO / part, tmp_path / part)
+    kustomization = tmp_path / "overlays" / "prod" / "kustomization.yaml"
+    text = kustomization.read_text()
+    keda = "  - ../../components/autoscaling-keda\n"
+    assert keda in text
+    kustomization.write_text(text.replace(keda, keda + "  - ../../components/autoscaling-gpu-dcgm\n"))
+    so = find(kustomize(tmp_path / "overlays" / "prod"), "ScaledObject", "deepseek-r1")
     (trigger,) = so["spec"]["triggers"]
     assert trigger["name"] == "gpu-utilization"
     assert 'DCGM_FI_DEV_GPU_UTIL{namespace="ai-inference-prod"' in trigger["metadata"]["query"]
