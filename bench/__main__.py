@@ -89,6 +89,7 @@ def main() -> None:
         "batch1_limit_tok_s": copy_bw / weight_bytes,
     }
     table("ceilings", [result["ceilings"]])
+    free_gpu()
 
     model_dir = args.model_dir or Path(f"/tmp/bench-{args.shape}")
     if not (model_dir / "model.safetensors.index.json").exists():
