@@ -105,8 +105,7 @@ def apply(change: ReleaseChange, delivery: Delivery, out: Console, err: Console)
                 delivery.remote,
                 branch,
                 attempts=delivery.attempts,
-                # The remote's newer commits could break the target: check it again before pushing.
-                after_rebase=lambda: render_valid(target, f"after rebasing onto {delivery.remote}/{branch}"),
+                after_rebase=lambda: _recheck(target, f"{delivery.remote}/{branch}"),
             )
             rebased = f" (after {attempt - 1} rebase(s) onto newer commits)" if attempt > 1 else ""
             out.print(f"pushed to {delivery.remote}/{branch}{rebased}")
@@ -118,6 +117,21 @@ def apply(change: ReleaseChange, delivery: Delivery, out: Console, err: Console)
             if not committed:
                 repo.git("branch", "--quiet", "--delete", "--force", delivery.branch)
     return 0
+
+
+def _recheck(target: Environment, upstream: str) -> None:
+    """The remote's newer commits could break the target: check it again before pushing."""
+    try:
+        render_valid(target, f"after rebasing onto {upstream}")
+    except CommandError as exc:
+        raise CommandError(f"{exc}; the rebased commit is kept locally, nothing was pushed") from exc
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
 
 
 def _delivery(args: argparse.Namespace) -> Delivery:
@@ -141,7 +155,8 @@ def run_promote(args: argparse.Namespace) -> int:
         # the model and its revision stay, unless asked.
         state = current.model_copy(update={"image": state.image})
         out.print(
-            f"{target.name} keeps its model {current.model} ({source.name} serves another; --with-model)"
+            f"{target.name} keeps its model {current.model} "
+            f"({source.name} serves another model; --with-model moves it)"
         )
     change = ReleaseChange(repo, target, state, "promote", source=source.name)
     return apply(change, _delivery(args), out, err)
@@ -176,7 +191,7 @@ def _add_delivery_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--remote", default="origin", help="remote to push to (default: origin)")
     parser.add_argument(
         "--push-attempts",
-        type=int,
+        type=_positive,
         default=PUSH_ATTEMPTS,
         metavar="N",
         help="pushes to try (default: %(default)s)",

@@ -72,6 +72,9 @@ def test_a_rebase_that_breaks_the_target_is_not_pushed(alice: Clone, bob: Clone)
 
     assert result.returncode == 1
     assert "prod does not render after rebasing onto origin/main" in result.stderr
+    assert "the rebased commit is kept locally" in result.stderr
+    assert alice.subject().startswith("promote(prod):")
+    assert alice.head("HEAD~2") == bob.head()  # her setup commit and the promotion, rebased
     assert alice.git("ls-remote", "origin", "refs/heads/main").split()[0] == bob.head()
 
 
