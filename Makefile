@@ -29,6 +29,7 @@ demo-degraded: setup ## The same, with a misconfigured canary the gate must fail
 	$(VENV)/bin/r1ops demo --degraded-canary
 
 e2e: setup ## End-to-end tier on a real API server with the real Argo Rollouts controller
+	$(PY) -m r1ops.e2e.build
 	$(PY) -m pytest -m e2e -p no:cacheprovider tests/e2e
 
 lint: setup ## ruff lint and format check
