@@ -101,7 +101,9 @@ class AsyncEngine:
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams, eos_token_ids: frozenset[int]):
         """Queue a request; raises RequestRejected (never servable) or QueueFull (retry later)."""
         self.engine.check(len(prompt_token_ids))
-        if self.num_waiting >= self.max_queue:
+        # Requests still in the inbox may be about to take free running slots: only the excess waits.
+        free_slots = self.engine.scheduler.max_num_seqs - self.num_running
+        if self.num_waiting - max(free_slots, 0) >= self.max_queue:
             raise QueueFull(f"{self.num_waiting} requests are already waiting")
         stream = RequestStream(self, Sequence(prompt_token_ids, params, eos_token_ids))
         self._inbox.put(("add", stream))
