@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import re
 import subprocess
 
+import yaml
 from rich.console import Console
 from rich.text import Text
 
@@ -12,6 +14,7 @@ from r1ops.cli import CommandError
 from r1ops.release_state import Environment
 
 _STYLES = {"+": "green", "-": "red", "@": "cyan"}
+_HUNK = re.compile(r"^@@ -(\d+)")
 
 
 def render_valid(env: Environment, when: str) -> str:
@@ -35,15 +38,54 @@ def render_valid(env: Environment, when: str) -> str:
     return text
 
 
+def _object_labels(text: str) -> list[str]:
+    """`Kind/name` of the object each line of a multi-document YAML stream belongs to."""
+    labels: list[str] = []
+    chunk: list[str] = []
+
+    def close() -> None:
+        obj = yaml.safe_load("".join(chunk)) if chunk else None
+        meta = (obj or {}).get("metadata") or {} if isinstance(obj, dict) else {}
+        label = f"{obj.get('kind', '?')}/{meta.get('name', '?')}" if isinstance(obj, dict) else ""
+        labels.extend([label] * len(chunk))
+        chunk.clear()
+
+    for line in text.splitlines(keepends=True):
+        if line.rstrip() == "---":
+            close()
+            labels.append("")
+        else:
+            chunk.append(line)
+    close()
+    return labels
+
+
 def unified(before: str, after: str, name: str) -> str:
-    lines = difflib.unified_diff(
+    """A unified diff whose hunk headers name the object they change, like git's function context."""
+    labels = _object_labels(before)
+    out: list[str] = []
+    header: int | None = None  # index in `out` of the hunk header still waiting for its label
+    line_no = 0  # 0-based line of `before` the next context/removed line is
+    for line in difflib.unified_diff(
         before.splitlines(keepends=True),
         after.splitlines(keepends=True),
         fromfile=f"{name} (now)",
         tofile=f"{name} (after)",
         n=3,
-    )
-    return "".join(lines)
+    ):
+        if line.startswith("@@"):
+            line_no = int(_HUNK.match(line)[1]) - 1
+            header = len(out)
+            out.append(line)
+            continue
+        if header is not None and line[:1] in "+-":
+            label = labels[max(0, min(line_no, len(labels) - 1))] if labels else ""
+            out[header] = out[header].rstrip("\n") + (f" {label}\n" if label else "\n")
+            header = None
+        if line[:1] in " -":
+            line_no += 1
+        out.append(line)
+    return "".join(out)
 
 
 def print_diff(diff: str, console: Console) -> None:

@@ -69,6 +69,9 @@ def test_promote_commits_the_source_release_and_prints_only_what_changes(alice: 
         new, gone = (image, revision), (old.image, old.modelRevision)
         assert any(v in line for v in (new if line[0] == "+" else gone)) or settings.search(line), line
     assert any(image in line for line in rendered) and any(revision in line for line in rendered)
+    # Each hunk names the object it changes.
+    hunks = re.findall(r"^@@ -\d+,\d+ \+\d+,\d+ @@ (\S+)$", result.stdout, flags=re.M)
+    assert "Rollout/deepseek-r1" in hunks and "Job/deepseek-r1-model-download" in hunks
     assert "\x1b[" not in result.stdout  # no colors when stdout is not a terminal
 
 
