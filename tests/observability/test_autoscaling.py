@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from r1ops.render import render_overlay, validate_rendered
 
 from .render import find, kustomize
 
@@ -88,7 +89,9 @@ def test_dcgm_option_swaps_the_signal_only(tmp_path: Path) -> None:
     keda = "  - ../../components/autoscaling-keda\n"
     assert keda in text
     kustomization.write_text(text.replace(keda, keda + "  - ../../components/autoscaling-gpu-dcgm\n"))
-    so = find(kustomize(tmp_path / "overlays" / "prod"), "ScaledObject", "deepseek-r1")
+    rendered = render_overlay(tmp_path / "overlays" / "prod")
+    assert validate_rendered(rendered) == []  # against KEDA's own CRD schema
+    so = find([d for d in yaml.safe_load_all(rendered) if d], "ScaledObject", "deepseek-r1")
     (trigger,) = so["spec"]["triggers"]
     assert trigger["name"] == "gpu-utilization"
     assert 'DCGM_FI_DEV_GPU_UTIL{namespace="ai-inference-prod"' in trigger["metadata"]["query"]

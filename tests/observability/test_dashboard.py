@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import yaml
+from r1ops.render import render_overlay, validate_rendered
 
 from .promql import DASHBOARD, dashboard_expressions, metric_names
 from .render import find, kustomize
@@ -37,6 +38,11 @@ def test_observability_renders_for_the_sidecar_and_the_operator() -> None:
     assert len(rules) == 2
     assert all(r["metadata"]["labels"]["release"] == release for r in rules)
     assert {d["metadata"]["namespace"] for d in docs} == {"monitoring"}
+
+
+def test_observability_is_valid_against_the_upstream_schemas() -> None:
+    # PrometheusRule (prometheus-operator CRD) and ConfigMap, as `r1ops validate` checks overlays.
+    assert validate_rendered(render_overlay(REPO / "observability")) == []
 
 
 def test_dashboard_shows_every_signal_the_issue_lists() -> None:
