@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests get after SIGTERM")
     api_key: SecretStr | None = Field(None, description="Bearer key required on /v1 (unset = open)")
     enforce_eager: bool = Field(False, description="never capture CUDA graphs")
+    # The e2e tier's "slow version" (docs/E2E.md): on the CPU engine batching does not change
+    # latency, so no real setting makes a version reliably slower than another. Never set in a deployment.
+    test_delay_seconds: float = Field(
+        0.0, ge=0, le=60, description="TEST ONLY: every completion waits this long before it starts"
+    )
 
     @field_validator("api_key", mode="after")
     @classmethod

@@ -119,6 +119,8 @@ class Generation:
         metrics, name = self.state.metrics, self.state.model_name
         start = last = time.perf_counter()
         try:
+            if delay := self.state.settings.test_delay_seconds:
+                await asyncio.sleep(delay)  # test only: see Settings.test_delay_seconds
             async for event in self.stream:
                 text = ""
                 for token_id in event.token_ids:
