@@ -49,7 +49,7 @@ class Clone:
     def r1ops_process(self, *args: str) -> subprocess.CompletedProcess[str]:
         """The installed `r1ops` command in its own process, as CI runs it (no tty: no colors)."""
         return subprocess.run(
-            [sys.executable, "-m", "r1ops.cli", *args],
+            [str(Path(sys.executable).parent / "r1ops"), *args],
             cwd=self.path,
             env=GIT_ENV,
             capture_output=True,
