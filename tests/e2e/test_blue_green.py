@@ -2,10 +2,10 @@
 
 Version 1.0.0 serves client traffic through the active Service. A new version comes up behind the
 preview Service; the pre-promotion analysis runs its Locust Job against the preview (really run, see
-r1ops/e2e/job_pods.py) while the P99 and error-rate gates read Prometheus. Prod promotes by hand:
-a healthy preview passes its analysis, waits for the person, and after `promote` the active Service
-switches to it (post-promotion gates on real traffic). A preview that cannot batch fails the gate
-and is aborted: the active Service never leaves the old pods.
+r1ops/e2e/job_pods.py) while the P99 and error-rate gates read Prometheus. Prod promotes by hand: a
+healthy preview passes its analysis, waits for the person, and after `promote` the active Service
+switches to it (post-promotion gates on real traffic). A slow preview fails the gate and is aborted:
+the active Service never leaves the old pods.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def test_slow_preview_fails_analysis_and_active_never_switches(scenario: Factory
     sc, first = _started(scenario)
     old = first["stableRS"]
     with sc.load([ACTIVE]) as load, LocustJobPods(sc.kubectl, sc.namespace, sc.pods, sc.dir / "jobs"):
-        sc.deploy("1.1.0-nobatch", env={"R1SERVE_MAX_NUM_SEQS": "1"})
+        sc.deploy("1.1.0-slow", env={"R1SERVE_TEST_DELAY_SECONDS": "6"})
         with DryRun(sc) as dry_run:
             st = sc.wait_status(lambda s: s.get("abort") is True, 300, "slow preview aborted")
     assert not load.errors

@@ -41,7 +41,7 @@ class ServiceLoad:
         services: list[str],
         pods: PodServers,
         logdir: Path,
-        users: int = 4,
+        users: int = 2,
         locustfile: Path = LOCUSTFILE,
     ) -> None:
         self.kubectl = kubectl
@@ -97,6 +97,6 @@ class ServiceLoad:
         cmd = [
             sys.executable, "-m", "locust", "-f", str(self.locustfile), "--headless",
             "--host", url, "--users", str(self.users), "--spawn-rate", str(self.users),
-            "--only-summary", "--loglevel", "WARNING",
+            "--max-tokens", "16-32", "--only-summary", "--loglevel", "WARNING",
         ]  # fmt: skip
         return Proc(f"locust-{n}", cmd, self.logdir / f"locust-{n}.log").start()

@@ -4,7 +4,7 @@ a real `r1serve` behind every Ready pod, and (when asked) Locust traffic through
     with Scenario(cluster, namespace, overlay, model_dir, workdir) as sc:
         sc.deploy("1.0.0"); sc.wait_healthy()
         with sc.load(["deepseek-r1"]):
-            sc.deploy("1.1.0", env={"R1SERVE_MAX_NUM_SEQS": "1"})
+            sc.deploy("1.1.0-slow", env={"R1SERVE_TEST_DELAY_SECONDS": "6"})
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class Scenario:
         bind_claims(self.kubectl, self.namespace)
         return self.manifests
 
-    def load(self, services: list[str], users: int = 4) -> ServiceLoad:
+    def load(self, services: list[str], users: int = 2) -> ServiceLoad:
         assert self.pods is not None
         return ServiceLoad(self.kubectl, self.namespace, services, self.pods, self.dir / "load", users=users)
 
