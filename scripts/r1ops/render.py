@@ -16,7 +16,7 @@ from rich.table import Table
 from r1ops.cli import CommandError
 from r1ops.policy import pod_templates
 from r1ops.schemas import SchemaFetchError, cache_root
-from r1ops.validate import load_objects, validate_rendered
+from r1ops.validate import load_objects, ref, validate_rendered
 
 __all__ = ["RenderError", "render_overlay", "validate_rendered"]
 
@@ -66,23 +66,33 @@ def environments(repo: Path) -> list[str]:
     return sorted(p.parent.name for p in (repo / "overlays").glob("*/kustomization.yaml"))
 
 
+# Trees deployed by Argo CD besides the environments: validated with them.
+EXTRA_TREES = {"apps": "apps", "bootstrap": "apps/bootstrap", "observability": "observability"}
+
+
+def default_targets(repo: Path) -> list[str]:
+    extra = [name for name, path in EXTRA_TREES.items() if (repo / path / "kustomization.yaml").is_file()]
+    return [*environments(repo), *extra]
+
+
 def resolve_target(name: str, repo: Path) -> Path:
-    """An environment name (overlays/<name>), `apps`, `bootstrap`, or a kustomization directory."""
-    candidates = {"apps": repo / "apps", "bootstrap": repo / "apps" / "bootstrap"}
+    """An environment name (overlays/<name>), apps, bootstrap, observability, or a kustomization dir."""
+    candidates = {key: repo / path for key, path in EXTRA_TREES.items()}
     path = candidates.get(name) or repo / "overlays" / name
     if (path / "kustomization.yaml").is_file():
         return path
     if (Path(name) / "kustomization.yaml").is_file():
         return Path(name)
-    known = ", ".join([*environments(repo), "apps", "bootstrap"])
+    known = ", ".join(default_targets(repo))
     raise CommandError(f"unknown environment {name!r} (known: {known})")
 
 
 def summary_table(title: str, text: str, problems: list[str]) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("kind", "name", "images"):
+    for column in ("kind", "name", "images", "problems"):
         table.add_column(column)
     for obj in load_objects(text):
+        own = sum(p.startswith(f"{ref(obj)}:") or p.startswith(f"{ref(obj)} ") for p in problems)
         images = sorted(
             {
                 c["image"]
@@ -91,7 +101,8 @@ def summary_table(title: str, text: str, problems: list[str]) -> Table:
                 if o is obj
             }
         )
-        table.add_row(obj.get("kind", "?"), (obj.get("metadata") or {}).get("name", "?"), "\n".join(images))
+        name = (obj.get("metadata") or {}).get("name", "?")
+        table.add_row(obj.get("kind", "?"), name, "\n".join(images), f"[red]{own}[/red]" if own else "")
     caption = f"{len(problems)} problem(s)" if problems else "valid: upstream schemas and policies"
     table.caption = caption
     return table
@@ -121,7 +132,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     repo = repo_root()
-    names = args.envs or [*environments(repo), "apps", "bootstrap"]
+    names = args.envs or default_targets(repo)
     console = Console()
     failed = [name for name in names if _check(name, repo, console)]
     if failed:
@@ -133,9 +144,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     render = subparsers.add_parser("render", help="render one environment and summarize it")
-    render.add_argument("env", help="dev, staging, prod, apps, bootstrap, or a kustomization directory")
+    render.add_argument("env", help="an environment, apps, bootstrap, observability, or a kustomization dir")
     render.add_argument("--yaml", action="store_true", help="print the rendered manifests instead")
     render.set_defaults(func=cmd_render)
-    validate = subparsers.add_parser("validate", help="render and validate environments (default: all)")
+    validate = subparsers.add_parser("validate", help="render and validate trees (default: all of them)")
     validate.add_argument("envs", nargs="*", metavar="ENV")
     validate.set_defaults(func=cmd_validate)

@@ -30,7 +30,7 @@ def test_overlay_namespace_and_release_is_not_applied(objects: dict, env: str) -
 def test_validate_command_passes_on_the_repo(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate"]) == 0
     out = capsys.readouterr().out
-    assert "valid: dev, prod, staging, apps, bootstrap" in out
+    assert "valid: dev, prod, staging, apps, bootstrap, observability" in out
 
 
 def test_render_command_prints_a_summary_and_yaml(
