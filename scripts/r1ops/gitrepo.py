@@ -102,10 +102,13 @@ class GitRepo:
             if pull.returncode != 0:
                 conflicts = self.git("diff", "--name-only", "--diff-filter=U", check=False).stdout.split()
                 self.git("rebase", "--abort", check=False)
-                where = f" in {', '.join(conflicts)}" if conflicts else ""
+                if not conflicts:
+                    reason = _last_line(pull.stderr or pull.stdout)
+                    raise CommandError(f"git pull --rebase {remote} {branch} failed ({reason}): not pushed")
                 raise CommandError(
-                    f"{remote}/{branch} moved and commit {commit} does not rebase onto it (conflict{where}); "
-                    f"the commit is kept locally on {branch}, nothing was pushed"
+                    f"{remote}/{branch} moved and commit {commit} does not rebase onto it "
+                    f"(conflict in {', '.join(conflicts)}); the commit is kept locally on {branch}, "
+                    "nothing was pushed"
                 )
             if after_rebase:
                 after_rebase()
