@@ -43,6 +43,7 @@ metadata: {name: r1-platform, namespace: argocd}
 spec: {}
 """
 
+GPU_DAEMONSETS = ("nvidia-device-plugin-daemonset", "nvidia-dcgm-exporter")
 DAEMONSET = """
 apiVersion: apps/v1
 kind: DaemonSet
@@ -123,7 +124,7 @@ def test_preflight_on_a_real_api_server(cluster: Cluster, kubectl: Kubectl) -> N
         assert short.returncode == 1
         assert "quota ai-inference-prod/gpu-quota" in short.stdout and "MISSING" in short.stdout
     finally:
-        for name in ("nvidia-device-plugin-daemonset", "nvidia-dcgm-exporter"):
+        for name in GPU_DAEMONSETS:
             kubectl.run("delete", "daemonset", name, "-n", "gpu-operator", "--wait=false", check=False)
         kubectl.run("delete", "appprojects", "--all", "-n", "argocd", "--wait=false", check=False)
         kubectl.run("delete", "namespace", "ai-inference-prod", "--wait=false", check=False)
