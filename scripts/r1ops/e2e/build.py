@@ -10,11 +10,11 @@ rebuilds and an unchanged checkout reuses what is there.
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 from rich.console import Console
+
+from r1ops.e2e.gotoolchain import go_binary
 
 REPO = Path(__file__).resolve().parents[3]
 E2E = REPO / "e2e"
@@ -87,12 +89,18 @@ def _go_env(module_dir: Path | None = None) -> dict[str, str]:
     return env
 
 
+@functools.cache
+def go() -> str:
+    pinned = sources()["go"]
+    try:
+        return go_binary(pinned["version"], pinned["h1"], cache_root() / "go")
+    except (OSError, RuntimeError) as exc:
+        raise BuildError(f"no Go toolchain: {exc}") from exc
+
+
 def _go(args: list[str], cwd: Path) -> str:
-    go = shutil.which("go")
-    if go is None:
-        raise BuildError("the e2e tier builds its binaries with Go: install Go 1.26+ (go not on PATH)")
     res = subprocess.run(
-        ["nice", "-n", "19", go, *args], cwd=cwd, env=_go_env(), capture_output=True, text=True
+        ["nice", "-n", "19", go(), *args], cwd=cwd, env=_go_env(), capture_output=True, text=True
     )
     if res.returncode != 0:
         raise BuildError(f"go {' '.join(args)} (in {cwd}) failed:\n{res.stderr.strip()[-4000:]}")
@@ -169,7 +177,7 @@ def ensure() -> Toolchain:
         with console.status(f"[bold]go install {kwok['package']}@{kwok['version']}[/] ..."):
             env_bin = {**_go_env(), "GOBIN": str(bindir)}
             res = subprocess.run(
-                ["nice", "-n", "19", "go", "install", "-trimpath", f"{kwok['package']}@{kwok['version']}"],
+                ["nice", "-n", "19", go(), "install", "-trimpath", f"{kwok['package']}@{kwok['version']}"],
                 cwd="/",
                 env=env_bin,
                 capture_output=True,
