@@ -71,6 +71,12 @@ def check_security(objects: list[dict]) -> list[str]:
         pod_sc = spec.get("securityContext") or {}
         if spec.get("automountServiceAccountToken") is not False:
             problems.append(f"{where}: automountServiceAccountToken is not false")
+        for host in ("hostNetwork", "hostPID", "hostIPC"):
+            if spec.get(host):
+                problems.append(f"{where}: {host} is set")
+        for volume in spec.get("volumes") or []:
+            if "hostPath" in volume:
+                problems.append(f"{where}: volume {volume.get('name')} is a hostPath")
         for c in _containers(template):
             sc = c.get("securityContext") or {}
             name = f"{where}: container {c.get('name')}"
@@ -79,6 +85,8 @@ def check_security(objects: list[dict]) -> list[str]:
             seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
             if seccomp not in ("RuntimeDefault", "Localhost"):
                 problems.append(f"{name}: seccompProfile is not RuntimeDefault")
+            if sc.get("privileged"):
+                problems.append(f"{name}: privileged")
             if sc.get("allowPrivilegeEscalation") is not False:
                 problems.append(f"{name}: allowPrivilegeEscalation is not false")
             if sc.get("readOnlyRootFilesystem") is not True:

@@ -37,6 +37,15 @@ def test_inference_project_allows_every_rendered_kind(objects: dict, env: str) -
     )
 
 
+def test_inference_project_allows_nothing_more(objects: dict) -> None:
+    project = find(objects["apps"], "AppProject", "r1-inference")["spec"]
+    rendered = {(_group(o["apiVersion"]), o["kind"]) for env in ENVS for o in objects[env]}
+    rendered.add(("gateway.networking.k8s.io", "HTTPRoute"))  # components/canary-gateway-api
+    listed = {(r["group"], r["kind"]) for r in project["namespaceResourceWhitelist"]}
+    listed |= {(r["group"], r["kind"]) for r in project["clusterResourceWhitelist"]}
+    assert listed == rendered
+
+
 def test_repo_url_is_written_in_one_place(repo_root: Path, objects: dict) -> None:
     holders = [
         p.relative_to(repo_root).as_posix()

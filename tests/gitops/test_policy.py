@@ -95,6 +95,11 @@ def _token(objs: list[dict]) -> None:
     )
 
 
+def _host_path(objs: list[dict]) -> None:
+    volumes = find(objs, "Rollout")["spec"]["template"]["spec"]["volumes"]
+    volumes.append({"name": "models-on-node", "hostPath": {"path": "/models"}})
+
+
 def _no_strategy(objs: list[dict]) -> None:
     find(objs, "Rollout")["spec"]["strategy"] = {}
 
@@ -119,6 +124,8 @@ def _no_strategy(objs: list[dict]) -> None:
         ),
         (_token, "inference-preview-load metric preview-load: automountServiceAccountToken is not false"),
         (_no_strategy, "no canary or blueGreen strategy"),
+        (_host_path, "volume models-on-node is a hostPath"),
+        (_set_server("securityContext", {"privileged": True}), "container server: privileged"),
     ],
 )
 def test_policy_catches(objects: dict, edit: Callable[[list[dict]], None], expected: str) -> None:
