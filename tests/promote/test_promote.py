@@ -115,7 +115,7 @@ def test_dry_run_prints_the_diff_and_writes_nothing(alice: Clone) -> None:
     assert alice.head() == head and alice.is_clean()
 
 
-def test_branch_commits_for_a_pull_request_and_leaves_the_current_branch(alice: Clone, remote) -> None:
+def test_branch_commits_for_a_pull_request_and_leaves_the_current_branch(alice: Clone) -> None:
     _diverge_dev(alice)
     main = alice.head()
 
@@ -194,3 +194,11 @@ def test_the_diff_is_colored_on_a_terminal() -> None:
     print_diff("--- a\n+++ b\n@@ -1 +1 @@\n-old\n+new\n same\n", terminal)
     text = terminal.file.getvalue()
     assert "\x1b[31m-old" in text and "\x1b[32m+new" in text and " same" in text
+
+
+def test_push_from_a_detached_head_is_refused(alice: Clone) -> None:
+    _diverge_dev(alice)
+    alice.git("switch", "-q", "--detach", "HEAD")
+    result = alice.r1ops("promote", "dev", "staging", "--push")
+    assert result.returncode == 1 and "HEAD is detached" in result.stderr
+    assert alice.is_clean()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from promote_git import Clone
 from r1ops.image_ref import ImageRef
 
@@ -78,7 +76,7 @@ def test_a_rebase_that_breaks_the_target_is_not_pushed(alice: Clone, bob: Clone)
     assert alice.git("ls-remote", "origin", "refs/heads/main").split()[0] == bob.head()
 
 
-def test_push_without_a_remote_is_a_clear_error(alice: Clone, tmp_path: Path) -> None:
+def test_push_without_a_remote_is_a_clear_error(alice: Clone) -> None:
     alice.set_release("staging", image=_image(alice, "5.0.2"))
     result = alice.r1ops("promote", "staging", "prod", "--push", "--remote", "nowhere")
     assert result.returncode == 1
