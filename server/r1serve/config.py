@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     served_model_name: str = Field("", description="the `model` clients send (default: the directory name)")
     model_revision: str = Field("", description="reported in /version")
     host: str = Field("0.0.0.0", description="address to listen on")
-    port: int = Field(8080, ge=1, le=65535, description="port to listen on")
+    port: int = Field(8080, ge=0, le=65535, description="port to listen on (0 = any free port)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights and KV dtype (auto: bf16 on GPU, fp32 on CPU)"
     )
