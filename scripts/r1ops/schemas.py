@@ -14,6 +14,8 @@ import hashlib
 import io
 import json
 import os
+import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,8 +137,9 @@ def _extract(mod: SchemaModule, data: bytes) -> None:
         raise SchemaFetchError(f"{mod.module}@{mod.version}: hash {got} does not match the pinned {mod.h1}")
     root = f"{mod.module}@{mod.version}/{mod.prefix}"
     out = module_dir(mod)
-    tmp = out.with_name(out.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A private folder renamed into place: concurrent test processes never see half a module.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     kept = 0
     for info in zf.infolist():
         name = info.filename
@@ -144,8 +147,12 @@ def _extract(mod: SchemaModule, data: bytes) -> None:
             (tmp / name[len(root) :]).write_bytes(zf.read(info))
             kept += 1
     if not kept:
+        shutil.rmtree(tmp)
         raise SchemaFetchError(f"{mod.module}@{mod.version} has no schema files under {mod.prefix}")
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process got there first with the same verified files
+        shutil.rmtree(tmp)
 
 
 def ensure_schemas(modules: tuple[SchemaModule, ...] = MODULES) -> None:
