@@ -41,6 +41,7 @@ from r1ops.rendered_diff import render_valid
 REGION_LABEL = "topology.kubernetes.io/region"
 ROLLOUT = {"group": "argoproj.io", "kind": "Rollout", "name": "deepseek-r1"}
 SCALED_OBJECT = {"group": "keda.sh", "kind": "ScaledObject", "name": "deepseek-r1"}
+_BASENAME = "{{.path.basename}}"  # the ApplicationSet git generator's directory name
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 RELEASE_TEMPLATE = """\
@@ -133,7 +134,7 @@ def _patches(spec: EnvironmentSpec) -> list[dict]:
         rollout: dict = {
             "apiVersion": "argoproj.io/v1alpha1",
             "kind": "Rollout",
-            "metadata": {"name": "deepseek-r1"},
+            "metadata": {"name": ROLLOUT["name"]},
         }
         spec_part: dict = {}
         if spec.replicas:
@@ -152,38 +153,32 @@ def _patches(spec: EnvironmentSpec) -> list[dict]:
     return patches
 
 
-def _appset_namespace(root: Path, name: str) -> str:
-    """The namespace the environments ApplicationSet deploys overlays/<name> into."""
-    for path in sorted((root / "apps").glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if not doc or doc.get("kind") != "ApplicationSet":
-                continue
-            dirs = [
-                d
-                for g in doc["spec"].get("generators", [])
-                for d in (g.get("git") or {}).get("directories", [])
-            ]
-            if any(Path(f"{OVERLAYS}/{name}").match(d.get("path", "")) for d in dirs):
-                namespace = doc["spec"]["template"]["spec"]["destination"]["namespace"]
-                return namespace.replace("{{.path.basename}}", name)
-    raise CommandError(
-        f"no ApplicationSet in apps/ generates an app for {OVERLAYS}/{name}: add an Argo CD Application"
-    )
+@dataclass(frozen=True)
+class ArgoApp:
+    """How Argo CD will deploy overlays/<name>: through the ApplicationSet that generates it."""
 
+    appset_file: Path
+    app_name: str
+    namespace: str
+    sync_by_name: bool  # the ApplicationSet picks the sync policy by the source's name
 
-def _sync_warning(root: Path, source: str) -> str | None:
-    """The ApplicationSet picks manual or automatic sync by name: say so when the source is special."""
-    text = (
-        (root / "apps" / "environments.yaml").read_text()
-        if (root / "apps" / "environments.yaml").is_file()
-        else ""
-    )
-    if f'"{source}"' in text:
-        return (
-            f"apps/environments.yaml chooses the sync policy by the name {source!r}: check that the new "
-            f"environment gets the same (e.g. a manual sync for a prod region)"
+    @classmethod
+    def for_overlay(cls, root: Path, name: str, source: str) -> ArgoApp:
+        for path in sorted((root / "apps").glob("*.yaml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                if not doc or doc.get("kind") != "ApplicationSet":
+                    continue
+                gits = [g.get("git") or {} for g in doc["spec"].get("generators", [])]
+                patterns = [d.get("path", "") for git in gits for d in git.get("directories", [])]
+                if any(Path(f"{OVERLAYS}/{name}").match(pattern) for pattern in patterns):
+                    template = doc["spec"]["template"]
+                    app = template["metadata"]["name"].replace(_BASENAME, name)
+                    namespace = template["spec"]["destination"]["namespace"].replace(_BASENAME, name)
+                    by_name = f'"{source}"' in doc["spec"].get("templatePatch", "")
+                    return cls(path, app, namespace, by_name)
+        raise CommandError(
+            f"no ApplicationSet in apps/ generates {OVERLAYS}/{name}: add an Argo CD Application"
         )
-    return None
 
 
 def scaffold(root: Path, spec: EnvironmentSpec) -> list[Path]:
@@ -220,7 +215,7 @@ def scaffold(root: Path, spec: EnvironmentSpec) -> list[Path]:
     return written
 
 
-def _spec(root: Path, args: argparse.Namespace) -> EnvironmentSpec:
+def _spec(root: Path, args: argparse.Namespace) -> tuple[EnvironmentSpec, ArgoApp]:
     if args.name in environments(root) or (root / OVERLAYS / args.name).exists():
         raise CommandError(f"{OVERLAYS}/{args.name} already exists")
     source = environment(root, args.source)
@@ -237,14 +232,15 @@ def _spec(root: Path, args: argparse.Namespace) -> EnvironmentSpec:
         )
     if (args.min_replicas or args.max_replicas) and not autoscaled:
         raise CommandError(f"{source.name} does not autoscale: use --replicas")
+    argo = ArgoApp.for_overlay(root, args.name, source.name)
     selector = dict(args.node_selector)
     if args.region:
         selector[REGION_LABEL] = args.region
     try:
-        return EnvironmentSpec(
+        spec = EnvironmentSpec(
             name=args.name,
             source=source.name,
-            namespace=_appset_namespace(root, args.name),
+            namespace=argo.namespace,
             node_selector=selector,
             replicas=args.replicas,
             min_replicas=args.min_replicas,
@@ -253,13 +249,14 @@ def _spec(root: Path, args: argparse.Namespace) -> EnvironmentSpec:
         )
     except ValidationError as exc:
         raise CommandError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from exc
+    return spec, argo
 
 
 def run_new_env(args: argparse.Namespace) -> int:
     from r1ops.gitrepo import GitRepo
 
     root = GitRepo.containing(Path(args.repo)).root
-    spec = _spec(root, args)
+    spec, argo = _spec(root, args)
     promotion = (root / PROMOTION_FILE).read_text()
     console = Console(highlight=False, soft_wrap=True)
     written = scaffold(root, spec)
@@ -281,11 +278,14 @@ def run_new_env(args: argparse.Namespace) -> int:
     sized = spec.min_replicas or spec.max_replicas
     table.add_row("replicas", str(spec.replicas) if spec.replicas else autoscaling if sized else "as source")
     table.add_row("promoted from", spec.promote_from)
-    table.add_row("Argo CD", f"r1-{spec.name} (ApplicationSet over {OVERLAYS}/*)")
+    table.add_row("Argo CD", f"{argo.app_name}, generated by {argo.appset_file.relative_to(root)}")
     table.add_row("files", "\n".join(str(p.relative_to(root)) for p in written))
     console.print(table)
-    if warning := _sync_warning(root, spec.source):
-        console.print(f"[yellow]note[/yellow]: {warning}")
+    if argo.sync_by_name:
+        console.print(
+            f"[yellow]note[/yellow]: {argo.appset_file.relative_to(root)} chooses the sync policy by the "
+            f"name {spec.source!r}: check that {spec.name} gets the same (a prod region should sync by hand)"
+        )
     console.print(
         f"{spec.name} renders and validates. Review, then: git add {OVERLAYS}/{spec.name} {PROMOTION_FILE}"
         f" && git commit -m 'new-env: {spec.name} from {spec.source}'"
