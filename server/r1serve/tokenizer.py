@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +97,13 @@ class Tokenizer:
             if (content := _token_content(config.get(name))) is not None
         }
         self.chat_template_source = _chat_template_source(model_dir, config)
+        self._template: jinja2.Template | None = None
+        if self.chat_template_source is not None:
+            try:  # compiled now so a broken template fails at load, not on the first request
+                self._template = compile_chat_template(self.chat_template_source)
+            except jinja2.TemplateSyntaxError as e:
+                detail = " ".join(str(e).split())  # jinja messages can span lines; ours are one line
+                raise CheckpointError(f"{model_dir}: chat template does not compile ({detail})") from e
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
 
     def token_id(self, token: str) -> int | None:
@@ -118,12 +124,6 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    @cached_property
-    def _chat_template(self) -> jinja2.Template:
-        if self.chat_template_source is None:
-            raise ValueError("this model has no chat template (tokenizer_config.json has no chat_template)")
-        return compile_chat_template(self.chat_template_source)
-
     def apply_chat_template(
         self,
         messages: Sequence[Mapping[str, Any]],
@@ -133,7 +133,9 @@ class Tokenizer:
     ) -> str:
         """The prompt text for a conversation; raises `jinja2.TemplateError` (a client error) if the
         template rejects it."""
-        return self._chat_template.render(
+        if self._template is None:
+            raise ValueError("this model has no chat template (tokenizer_config.json has no chat_template)")
+        return self._template.render(
             messages=[_normalise_message(m) for m in messages],
             tools=None if tools is None else [dict(t) for t in tools],
             documents=None,

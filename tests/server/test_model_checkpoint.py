@@ -67,6 +67,10 @@ def _unsupported_rope(d: Path) -> None:
     _edit_json(d / "config.json", lambda c: c.update(rope_scaling={"rope_type": "yarn", "factor": 4.0}))
 
 
+def _break_chat_template(d: Path) -> None:
+    _edit_json(d / "tokenizer_config.json", lambda c: c.update(chat_template="{% if messages %}unclosed"))
+
+
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
@@ -79,6 +83,7 @@ def _unsupported_rope(d: Path) -> None:
         (_drop_tokenizer, r"missing tokenizer\.json"),
         (_corrupt_weights, r"unreadable safetensors file"),
         (_unsupported_rope, r"unsupported rope type 'yarn'"),
+        (_break_chat_template, r"chat template does not compile"),
     ],
 )
 def test_broken_checkpoint_is_named(model_copy: Path, breakage: Callable[[Path], None], message: str) -> None:
