@@ -118,6 +118,7 @@ def main() -> None:
                 "median_step_ms": step_s * 1e3,
                 "bandwidth_share": engine_cases.bandwidth_utilisation(logs, weight_bytes, kv_tok, copy_bw),
                 "share_of_limit": (len(steps) / sum(s.seconds for s in steps)) / (copy_bw / weight_bytes),
+                "graph_replay_ms": engine_cases.graph_step_ms(engine),
             }
             table("batch-1 decode (128 in / 256 out)", [result["decode_b1"]])
         if "offline" in cases:

@@ -78,3 +78,21 @@ def bandwidth_utilisation(
 def offline_requests(n: int = 256, lo: int = 100, hi: int = 1024, seed: int = 0) -> list[tuple[int, int]]:
     rng = random.Random(seed)
     return [(rng.randint(lo, hi), rng.randint(lo, hi)) for _ in range(n)]
+
+
+def graph_step_ms(engine: LLMEngine, batch: int = 1, iters: int = 100) -> float:
+    """GPU time of one captured decode step alone (no scheduling, sampling or Python between steps)."""
+    graphs = engine.runner.graphs
+    if graphs is None:
+        return float("nan")
+    size = next(s for s in graphs.sizes if s >= batch)
+    graph = graphs.graphs[size]
+    for _ in range(5):
+        graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / iters
