@@ -14,6 +14,8 @@ import yaml
 from r1ops.prometheus import PrometheusProcess
 from r1ops.prometheus_rules import prometheus_rule_files, rule_groups
 
+from .render import find, kustomize
+
 REPO = Path(__file__).resolve().parents[2]
 PROMTOOL_TESTS = sorted((REPO / "observability" / "tests").glob("*.yaml"))
 RUNBOOK = REPO / "docs" / "RUNBOOK.md"
@@ -92,3 +94,32 @@ def test_a_real_prometheus_loads_and_evaluates_every_rule(empty_prometheus: Prom
             break
         time.sleep(0.2)
     assert health == dict.fromkeys(expected, "ok")
+
+
+def _gate_thresholds(rollout: dict) -> set[float]:
+    """p99-threshold-seconds the Rollout passes to its analysis gates (canary or blue-green)."""
+    strategy = rollout["spec"]["strategy"]
+    runs = [
+        strategy.get("canary", {}).get("analysis"),
+        strategy.get("blueGreen", {}).get("prePromotionAnalysis"),
+        strategy.get("blueGreen", {}).get("postPromotionAnalysis"),
+    ]
+    args = [a for run in runs if run for a in run["args"]]
+    return {float(a["value"]) for a in args if a["name"] == "p99-threshold-seconds"}
+
+
+def test_latency_objectives_are_the_gates_thresholds() -> None:
+    objectives = {
+        r["labels"]["namespace"]: float(r["expr"].removeprefix("vector(").removesuffix(")"))
+        for p in prometheus_rule_files()
+        for g in rule_groups(p)
+        for r in g["rules"]
+        if r.get("record") == "namespace:inference_latency_seconds:p99_objective"
+    }
+    for overlay in sorted(p.parent for p in (REPO / "overlays").glob("*/kustomization.yaml")):
+        rollout = find(kustomize(overlay), "Rollout", "deepseek-r1")
+        namespace, thresholds = rollout["metadata"]["namespace"], _gate_thresholds(rollout)
+        if thresholds:
+            assert thresholds == {objectives.get(namespace)}, f"{overlay.name}: {thresholds} vs {objectives}"
+        else:  # no gates (dev): the alert's default applies
+            assert namespace not in objectives
