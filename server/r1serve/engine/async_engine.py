@@ -146,9 +146,13 @@ class AsyncEngine:
         assert self._loop is not None
         while not self._stopping:
             self._wakeup.clear()
-            events = self._apply_inbox()
-            if self.engine.has_work():
-                events += self._step()
+            try:
+                events = self._apply_inbox()
+                if self.engine.has_work():
+                    events += self._step()
+            except Exception:  # a bookkeeping bug must not kill the loop every request depends on
+                log.exception("engine loop error")
+                events = self._fail_running(EngineError("internal engine error"))
             if events:
                 self._loop.call_soon_threadsafe(self._dispatch, events)
             elif not self.engine.has_work():
@@ -159,9 +163,9 @@ class AsyncEngine:
             results = self.engine.step()
         except Exception as exc:
             log.exception("engine step failed; failing the running requests")
-            error = EngineError(f"the engine failed while computing this request: {type(exc).__name__}")
-            failed = [self._streams.pop(s.seq_id, None) for s in self.engine.fail_running()]
-            return [(stream, TokenEvent([], error=error)) for stream in failed if stream is not None]
+            return self._fail_running(
+                EngineError(f"the engine failed while computing this request: {type(exc).__name__}")
+            )
         events = []
         for result in results:
             seq = result.seq
@@ -173,5 +177,12 @@ class AsyncEngine:
             if seq.is_finished:
                 del self._streams[seq.seq_id]
         if self.on_step is not None:
-            self.on_step(self.engine, results)
+            try:
+                self.on_step(self.engine, results)
+            except Exception:
+                log.exception("step hook failed")
         return events
+
+    def _fail_running(self, error: EngineError) -> list[tuple[RequestStream, TokenEvent]]:
+        failed = [self._streams.pop(s.seq_id, None) for s in self.engine.fail_running()]
+        return [(stream, TokenEvent([], error=error)) for stream in failed if stream is not None]
