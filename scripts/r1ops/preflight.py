@@ -69,6 +69,8 @@ class Kubectl:
             out = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60)
         except FileNotFoundError as exc:
             raise CommandError(f"{self.binary} not found on PATH") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise CommandError(f"kubectl {' '.join(args)}: no answer from the cluster in 60s") from exc
         if out.returncode != 0:
             last = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
             raise CommandError(f"kubectl {' '.join(args)}: {last}")
@@ -279,9 +281,12 @@ def run(args: argparse.Namespace) -> int:
     unknown = [n for n in names if not (overlays / n / "kustomization.yaml").is_file()]
     if unknown:
         raise CommandError(f"no overlay for environment(s): {', '.join(unknown)}")
-    envs = [Environment.from_rendered(n, _render(overlays / n)) for n in names]
-    checks = run_checks(kubectl, envs, repo_app_projects())
-    print_table(checks, Console())
+    console = Console()
+    with console.status("rendering the overlays"):
+        envs = [Environment.from_rendered(n, _render(overlays / n)) for n in names]
+    with console.status(f"reading the cluster ({kubectl.context or 'current context'})"):
+        checks = run_checks(kubectl, envs, repo_app_projects())
+    print_table(checks, console)
     missing = [c for c in checks if c.status == "MISSING"]
     if missing:
         print(f"{len(missing)} required check(s) failed")
