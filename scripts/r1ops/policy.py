@@ -222,6 +222,37 @@ def check_rollout_services(objects: list[dict]) -> list[str]:
     return problems
 
 
+def check_traffic_routing(objects: list[dict]) -> list[str]:
+    """The Gateway API plugin's HTTPRoute exists in the Rollout's namespace and routes to its Services."""
+    routes = {o["metadata"]["name"]: o for o in objects if o.get("kind") == "HTTPRoute"}
+    problems = []
+    for obj in objects:
+        if obj.get("kind") != "Rollout":
+            continue
+        canary = ((obj.get("spec") or {}).get("strategy") or {}).get("canary") or {}
+        plugin = ((canary.get("trafficRouting") or {}).get("plugins") or {}).get("argoproj-labs/gatewayAPI")
+        if not plugin:
+            continue
+        namespace = (obj.get("metadata") or {}).get("namespace")
+        if plugin.get("namespace") != namespace:
+            problems.append(
+                f"{_ref(obj)}: gatewayAPI plugin namespace {plugin.get('namespace')!r} is not {namespace!r}"
+            )
+        route = routes.get(plugin.get("httpRoute", ""))
+        if route is None:
+            problems.append(f"{_ref(obj)}: HTTPRoute {plugin.get('httpRoute')} is not rendered")
+            continue
+        backends = {
+            b.get("name") for r in route["spec"].get("rules") or [] for b in r.get("backendRefs") or []
+        }
+        for service in (canary.get("stableService"), canary.get("canaryService")):
+            if service not in backends:
+                problems.append(
+                    f"{_ref(obj)}: HTTPRoute {route['metadata']['name']} has no backend {service}"
+                )
+    return problems
+
+
 def analysis_references(rollout: dict) -> Iterator[tuple[str, dict]]:
     """(where, analysis block) for every analysis a Rollout's strategy runs."""
     strategy = (rollout.get("spec") or {}).get("strategy") or {}
@@ -291,6 +322,7 @@ CHECKS: tuple[Callable[[list[dict]], list[str]], ...] = (
     check_gpu,
     check_drain,
     check_rollout_services,
+    check_traffic_routing,
     check_analysis_args,
     check_pod_monitor,
 )

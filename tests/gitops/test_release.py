@@ -116,6 +116,14 @@ def test_prod_scheduling(objects: dict) -> None:
     assert find(objects["prod"], "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
 
 
+GATEWAY_NAMESPACE_REPLACEMENT = """
+  - source: {kind: HTTPRoute, name: deepseek-r1, fieldPath: metadata.namespace}
+    targets:
+      - select: {kind: Rollout, name: deepseek-r1}
+        fieldPaths: [spec.strategy.canary.trafficRouting.plugins.argoproj-labs/gatewayAPI.namespace]
+"""
+
+
 def test_gateway_api_component_composes_with_canary(stack_copy: Path) -> None:
     overlay = stack_copy / "overlays" / "staging"
     kustomization = overlay / "kustomization.yaml"
@@ -125,10 +133,17 @@ def test_gateway_api_component_composes_with_canary(stack_copy: Path) -> None:
             "  - ../../components/canary\n  - ../../components/canary-gateway-api\n",
         )
     )
+    # Without the overlay's namespace replacement (see the component's header) the plugin would
+    # look for the route in the wrong namespace: validation says so.
+    problems = validate_rendered(render_overlay(overlay))
+    assert any("gatewayAPI plugin namespace 'set-by-overlay'" in p for p in problems), problems
+    with kustomization.open("a") as f:
+        f.write(GATEWAY_NAMESPACE_REPLACEMENT)
     text = render_overlay(overlay)
     assert validate_rendered(text) == []
     objs = load_objects(text)
     routing = find(objs, "Rollout")["spec"]["strategy"]["canary"]["trafficRouting"]
-    assert routing == {"plugins": {"argoproj-labs/gatewayAPI": {"httpRoute": "deepseek-r1"}}}
+    plugin = {"httpRoute": "deepseek-r1", "namespace": "ai-inference-staging"}
+    assert routing == {"plugins": {"argoproj-labs/gatewayAPI": plugin}}
     backends = find(objs, "HTTPRoute")["spec"]["rules"][0]["backendRefs"]
     assert [(b["name"], b["weight"]) for b in backends] == [("deepseek-r1", 100), ("deepseek-r1-canary", 0)]
