@@ -1,6 +1,7 @@
-"""`r1ops preflight` on recorded `kubectl get -A -o json` output of a healthy cluster, broken one
-thing at a time. The environments come from the real overlays. A real API server is exercised by
-the e2e tier (`r1ops preflight --kubeconfig` against its control plane)."""
+"""`r1ops preflight` on `kubectl get -A -o json` output of a healthy GPU cluster (fixtures in that
+exact List shape), broken one thing at a time. The environments come from the real overlays. A real
+API server is exercised by the e2e tier: tests/e2e/test_preflight.py runs `r1ops preflight
+--kubeconfig` against its control plane."""
 
 from __future__ import annotations
 
