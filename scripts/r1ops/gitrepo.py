@@ -19,6 +19,17 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "(no output)"
 
 
+def _lost_race(push_output: str) -> bool:
+    """The remote moved under us: behind it ([rejected]), or another push held the ref at that moment."""
+    behind = "[rejected]" in push_output and (
+        "fetch first" in push_output or "non-fast-forward" in push_output
+    )
+    locked = "[remote rejected]" in push_output and any(
+        why in push_output for why in ("cannot lock ref", "failed to update ref", "incorrect old value")
+    )
+    return behind or locked
+
+
 @dataclass(frozen=True)
 class GitRepo:
     root: Path
@@ -91,8 +102,7 @@ class GitRepo:
             result = self.git("push", "--porcelain", remote, f"HEAD:refs/heads/{branch}", check=False)
             if result.returncode == 0:
                 return attempt
-            output = result.stdout + result.stderr
-            if "[rejected]" not in output or not ("fetch first" in output or "non-fast-forward" in output):
+            if not _lost_race(result.stdout + result.stderr):
                 reason = _last_line(result.stderr or result.stdout)
                 raise CommandError(f"git push to {remote} failed: {reason}")
             if attempt == attempts:

@@ -46,16 +46,21 @@ class Clone:
             code = main([*args, "--repo", str(self.path)])
         return subprocess.CompletedProcess(["r1ops", *args], code, out.getvalue(), err.getvalue())
 
-    def r1ops_process(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def start_r1ops(self, *args: str) -> subprocess.Popen[str]:
         """The installed `r1ops` command in its own process, as CI runs it (no tty: no colors)."""
-        return subprocess.run(
+        return subprocess.Popen(
             [str(Path(sys.executable).parent / "r1ops"), *args],
             cwd=self.path,
             env=GIT_ENV,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=120,
         )
+
+    def r1ops_process(self, *args: str) -> subprocess.CompletedProcess[str]:
+        proc = self.start_r1ops(*args)
+        out, err = proc.communicate(timeout=120)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
     def release(self, env: str) -> ReleaseState:
         return ReleaseFile(self.path / "overlays" / env / "release.yaml").state

@@ -28,6 +28,25 @@ def test_push_rebases_onto_a_remote_that_moved(alice: Clone, bob: Clone) -> None
     assert alice.is_clean()
 
 
+def test_two_operators_pushing_at_once_both_land(alice: Clone, bob: Clone) -> None:
+    """A real race: two processes push to the same branch; whoever loses rebases and pushes again."""
+    alice.set_release("staging", image=_image(alice, "5.1.0"))
+    alice.git("push", "-q", "origin", "main")
+    bob.git("pull", "-q", "origin", "main")
+
+    racers = [
+        alice.start_r1ops("bump", _image(alice, "6.0.0"), "--push"),
+        bob.start_r1ops("promote", "staging", "prod", "--push"),
+    ]
+    results = [proc.communicate(timeout=120) for proc in racers]
+
+    assert [proc.returncode for proc in racers] == [0, 0], results
+    alice.git("pull", "-q", "origin", "main")
+    subjects = alice.git("log", "-2", "--format=%s").splitlines()
+    assert sorted(s.split("(")[0] for s in subjects) == ["bump", "promote"]
+    assert alice.release("dev").image.endswith(":6.0.0") and alice.release("prod").image.endswith(":5.1.0")
+
+
 def test_a_conflicting_race_fails_in_one_line_and_keeps_the_local_commit(alice: Clone, bob: Clone) -> None:
     # Both land different builds on dev: the same line of the same file.
     assert bob.r1ops("bump", _image(bob, "2.0.0"), "--push").returncode == 0
