@@ -253,6 +253,45 @@ def check_traffic_routing(objects: list[dict]) -> list[str]:
     return problems
 
 
+def _selects(selector: dict, labels: dict) -> bool:
+    match = (selector or {}).get("matchLabels") or {}
+    return bool(match) and all(labels.get(k) == v for k, v in match.items())
+
+
+def check_network_and_disruption(objects: list[dict]) -> list[str]:
+    """Serving pods: an ingress NetworkPolicy opens only their container ports, Prometheus'
+    namespace among its sources, and a PodDisruptionBudget covers them."""
+    problems = []
+    policies = [o for o in objects if o.get("kind") == "NetworkPolicy"]
+    budgets = [o for o in objects if o.get("kind") == "PodDisruptionBudget"]
+    for where, obj, template in pod_templates(objects):
+        if obj.get("kind") not in SERVING_KINDS:
+            continue
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        ports = {p.get("containerPort") for c in template["spec"]["containers"] for p in c.get("ports") or []}
+        mine = [p for p in policies if _selects(p["spec"].get("podSelector"), labels)]
+        if not any("Ingress" in p["spec"].get("policyTypes", []) for p in mine):
+            problems.append(f"{where}: no ingress NetworkPolicy selects its pods")
+        for pol in mine:
+            for rule in pol["spec"].get("ingress") or []:
+                opened = {port.get("port") for port in rule.get("ports") or []}
+                if not opened or opened - ports:
+                    problems.append(
+                        f"{where}: NetworkPolicy {pol['metadata']['name']} opens {opened or 'all ports'}"
+                    )
+                namespaces = {
+                    (peer.get("namespaceSelector") or {})
+                    .get("matchLabels", {})
+                    .get("kubernetes.io/metadata.name")
+                    for peer in rule.get("from") or []
+                }
+                if "monitoring" not in namespaces:
+                    problems.append(f"{where}: NetworkPolicy {pol['metadata']['name']} shuts out Prometheus")
+        if not any(_selects(b["spec"].get("selector"), labels) for b in budgets):
+            problems.append(f"{where}: no PodDisruptionBudget covers its pods")
+    return problems
+
+
 def analysis_references(rollout: dict) -> Iterator[tuple[str, dict]]:
     """(where, analysis block) for every analysis a Rollout's strategy runs."""
     strategy = (rollout.get("spec") or {}).get("strategy") or {}
@@ -323,6 +362,7 @@ CHECKS: tuple[Callable[[list[dict]], list[str]], ...] = (
     check_drain,
     check_rollout_services,
     check_traffic_routing,
+    check_network_and_disruption,
     check_analysis_args,
     check_pod_monitor,
 )

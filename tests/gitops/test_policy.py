@@ -100,6 +100,19 @@ def _host_path(objs: list[dict]) -> None:
     volumes.append({"name": "models-on-node", "hostPath": {"path": "/models"}})
 
 
+def _open_all_ports(objs: list[dict]) -> None:
+    find(objs, "NetworkPolicy")["spec"]["ingress"][0].pop("ports")
+
+
+def _no_prometheus(objs: list[dict]) -> None:
+    rule = find(objs, "NetworkPolicy")["spec"]["ingress"][0]
+    rule["from"] = [peer for peer in rule["from"] if "namespaceSelector" not in peer]
+
+
+def _no_budget(objs: list[dict]) -> None:
+    objs.remove(find(objs, "PodDisruptionBudget"))
+
+
 def _no_strategy(objs: list[dict]) -> None:
     find(objs, "Rollout")["spec"]["strategy"] = {}
 
@@ -125,6 +138,9 @@ def _no_strategy(objs: list[dict]) -> None:
         (_token, "inference-preview-load metric preview-load: automountServiceAccountToken is not false"),
         (_no_strategy, "no canary or blueGreen strategy"),
         (_host_path, "volume models-on-node is a hostPath"),
+        (_open_all_ports, "NetworkPolicy deepseek-r1 opens all ports"),
+        (_no_prometheus, "NetworkPolicy deepseek-r1 shuts out Prometheus"),
+        (_no_budget, "no PodDisruptionBudget covers its pods"),
         (_set_server("securityContext", {"privileged": True}), "container server: privileged"),
     ],
 )
