@@ -268,7 +268,8 @@ def check_network_and_disruption(objects: list[dict]) -> list[str]:
         if obj.get("kind") not in SERVING_KINDS:
             continue
         labels = (template.get("metadata") or {}).get("labels") or {}
-        ports = {p.get("containerPort") for c in template["spec"]["containers"] for p in c.get("ports") or []}
+        declared = [p for c in template["spec"]["containers"] for p in c.get("ports") or []]
+        ports = {p.get("containerPort") for p in declared} | {p.get("name") for p in declared}
         mine = [p for p in policies if _selects(p["spec"].get("podSelector"), labels)]
         if not any("Ingress" in p["spec"].get("policyTypes", []) for p in mine):
             problems.append(f"{where}: no ingress NetworkPolicy selects its pods")
@@ -339,8 +340,7 @@ def check_pod_monitor(objects: list[dict]) -> list[str]:
         labels = (((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
         keeps = False
         for mon in monitors:
-            selector = ((mon.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
-            if selector and all(labels.get(k) == v for k, v in selector.items()):
+            if _selects((mon.get("spec") or {}).get("selector"), labels):
                 for endpoint in (mon.get("spec") or {}).get("podMetricsEndpoints") or []:
                     keeps |= any(
                         r.get("targetLabel") == "rollouts_pod_template_hash"
