@@ -308,7 +308,9 @@ def analysis_references(rollout: dict) -> Iterator[tuple[str, dict]]:
 
 
 def check_analysis_args(objects: list[dict]) -> list[str]:
-    """Every template an analysis names is rendered, and each of its args without a default is given."""
+    """Every template an analysis names is rendered, each of its args without a default is given, and
+    templates run together do not give one arg different defaults (Argo Rollouts refuses to merge
+    them: "Argument specified multiple times with different values")."""
     templates = {o["metadata"]["name"]: o for o in objects if o.get("kind") == "AnalysisTemplate"}
     problems = []
     for obj in objects:
@@ -316,6 +318,7 @@ def check_analysis_args(objects: list[dict]) -> list[str]:
             continue
         for where, analysis in analysis_references(obj):
             given = {a["name"] for a in analysis.get("args") or []}
+            defaults: dict[str, tuple[str, str]] = {}
             for ref in analysis.get("templates") or []:
                 name = ref.get("templateName")
                 if ref.get("clusterScope"):
@@ -327,6 +330,13 @@ def check_analysis_args(objects: list[dict]) -> list[str]:
                 for arg in (template.get("spec") or {}).get("args") or []:
                     if "value" not in arg and "valueFrom" not in arg and arg["name"] not in given:
                         problems.append(f"{_ref(obj)}: {where}: {name} needs arg {arg['name']!r}")
+                    if "value" in arg:
+                        other, value = defaults.setdefault(arg["name"], (name, arg["value"]))
+                        if value != arg["value"]:
+                            problems.append(
+                                f"{_ref(obj)}: {where}: arg {arg['name']!r} defaults to {value!r} in {other}"
+                                f" but {arg['value']!r} in {name}"
+                            )
     return problems
 
 

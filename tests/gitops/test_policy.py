@@ -156,6 +156,18 @@ def test_cpu_server_holding_a_gpu_is_flagged(objects: dict) -> None:
     assert any("R1SERVE_DEVICE=cpu but holds 1 GPU" in p for p in _break(objects["dev"], add_gpu))
 
 
+def test_templates_run_together_agree_on_defaults(objects: dict) -> None:
+    def disagree(objs: list[dict]) -> None:
+        args = find(objs, "AnalysisTemplate", "inference-preview-load")["spec"]["args"]
+        next(a for a in args if a["name"] == "max-error-rate")["value"] = "0.05"
+
+    problems = _break(objects["prod"], disagree)
+    expected = (
+        "arg 'max-error-rate' defaults to '0.05' in inference-preview-load but '0.01' in inference-error-rate"
+    )
+    assert any(expected in p for p in problems), problems
+
+
 def test_canary_arguments_are_checked_too(objects: dict) -> None:
     def drop(objs: list[dict]) -> None:
         analysis = find(objs, "Rollout")["spec"]["strategy"]["canary"]["analysis"]
