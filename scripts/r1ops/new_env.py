@@ -208,8 +208,14 @@ def scaffold(root: Path, spec: EnvironmentSpec) -> list[Path]:
     )
     for name in kustomization.local_files():
         if name != RELEASE_FILE:
-            shutil.copy2(source.overlay / name, target / name)
-            written.append(target / name)
+            origin, copy = source.overlay / name, target / name
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            # A local kustomization directory (a resource) travels whole; a file is a patch or manifest.
+            if origin.is_dir():
+                shutil.copytree(origin, copy)
+            else:
+                shutil.copy2(origin, copy)
+            written.append(copy)
     add_promotion(root, spec.promote_from, spec.name)
     written.append(root / PROMOTION_FILE)
     return written
