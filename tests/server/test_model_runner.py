@@ -71,3 +71,20 @@ def test_bad_settings(tiny_model_dir: Path) -> None:
         ModelRunner(tiny_model_dir, dtype="int3", progress=False)
     with pytest.raises(ValueError, match="max_position_embeddings"):
         ModelRunner(tiny_model_dir, max_model_len=10**6, progress=False)
+
+
+def test_small_model_runs_single_threaded_on_cpu(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenMP threads only slow a tiny model down on a shared machine; OMP_NUM_THREADS still wins."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        ModelRunner(tiny_model_dir, device="cpu", kv_cache_memory=2**22, progress=False)
+        assert torch.get_num_threads() == 2
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        ModelRunner(tiny_model_dir, device="cpu", kv_cache_memory=2**22, progress=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
