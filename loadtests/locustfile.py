@@ -20,6 +20,7 @@ from r1load.options import add_arguments
 from r1load.prompts import DEFAULT_PROMPTS, load_prompts, max_tokens_sampler
 from r1load.shapes import R1Shape
 from r1load.slo import gate
+from r1load.split import parse_split, pick
 
 __all__ = ["ChatUser", "R1Shape"]
 
@@ -47,10 +48,14 @@ class ChatUser(HttpUser):
         self.prompts = load_prompts(Path(options.prompts) if options.prompts else DEFAULT_PROMPTS)
         self.max_tokens = max_tokens_sampler(options.max_tokens)
         self.headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
-        self.model = options.model or self._served_model()
+        self.targets = parse_split(options.split)
+        base = self.targets[0].url if self.targets else ""
+        self.model = options.model or self._served_model(base)
 
-    def _served_model(self) -> str:
-        with self.client.get("/v1/models", headers=self.headers, name="/v1/models", catch_response=True) as r:
+    def _served_model(self, base: str) -> str:
+        with self.client.get(
+            f"{base}/v1/models", headers=self.headers, name="/v1/models", catch_response=True
+        ) as r:
             try:
                 return r.json()["data"][0]["id"]
             except (ValueError, KeyError, IndexError):
@@ -67,4 +72,9 @@ class ChatUser(HttpUser):
             "max_tokens": self.max_tokens(self.rng),
             "temperature": options.temperature,
         }
-        chat(self, payload, self.rng.random() < options.stream_ratio, self.headers)
+        target = pick(self.targets, self.rng)
+        stream = self.rng.random() < options.stream_ratio
+        if target is None:
+            chat(self, payload, stream, self.headers)
+        else:
+            chat(self, payload, stream, self.headers, target.url, target.label)

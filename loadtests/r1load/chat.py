@@ -59,14 +59,17 @@ def _read_stream(response: Any, timing: Timing) -> str | None:
     return "stream ended without [DONE]"
 
 
-def chat(user: Any, payload: dict[str, Any], stream: bool, headers: dict[str, str]) -> None:
-    name = "stream" if stream else "non-stream"
+def chat(
+    user: Any, payload: dict[str, Any], stream: bool, headers: dict[str, str], base: str = "", label: str = ""
+) -> None:
+    """POST one chat completion to `base` (default: --host); `label` tags its statistics."""
+    name = ("stream" if stream else "non-stream") + (f" {label}" if label else "")
     body = dict(payload, stream=stream)
     if stream:
         body["stream_options"] = {"include_usage": True}
     timing = Timing(time.perf_counter())
     with user.client.post(
-        "/v1/chat/completions",
+        f"{base}/v1/chat/completions",
         json=body,
         headers=headers,
         stream=stream,

@@ -6,8 +6,7 @@ from typing import Any
 
 
 def add_arguments(parser: Any) -> None:
-    group = parser.add_argument_group("r1 load test")
-    add = group.add_argument
+    add = parser.add_argument  # not a group: only the parser itself takes is_secret
     add(
         "--model",
         env_var="LOCUST_MODEL",
@@ -33,6 +32,12 @@ def add_arguments(parser: Any) -> None:
         env_var="LOCUST_PROMPTS",
         default="",
         help="JSONL prompt set (default: loadtests/prompts.jsonl)",
+    )
+    add(
+        "--split",
+        env_var="LOCUST_SPLIT",
+        default="",
+        help="weighted targets instead of --host: label@http://host:port=weight,... (a canary split)",
     )
     add(
         "--shape",

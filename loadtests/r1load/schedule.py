@@ -7,11 +7,20 @@ import math
 DEFAULT_PHASE = 60.0  # seconds, when step/spike run without --run-time
 
 
-def plan(shape: str, users: int, elapsed: float, run_time: float | None, steps: int) -> int:
-    """How many users the shape wants `elapsed` seconds into the run."""
-    if shape == "steady":
+def duration(shape: str, run_time: float | None, steps: int) -> float | None:
+    """The whole run: -t, else a default for step/spike, else (steady) until interrupted."""
+    if run_time or shape == "steady":
+        return run_time or None
+    return DEFAULT_PHASE * (steps if shape == "step" else 3)
+
+
+def plan(shape: str, users: int, elapsed: float, run_time: float | None, steps: int) -> int | None:
+    """How many users the shape wants `elapsed` seconds into the run; None once it is over."""
+    total = duration(shape, run_time, steps)
+    if total is not None and elapsed >= total:
+        return None
+    if shape == "steady" or total is None:
         return users
-    total = run_time or DEFAULT_PHASE * (steps if shape == "step" else 3)
     if shape == "step":
         step = min(steps, int(elapsed // (total / steps)) + 1)
         return max(1, math.ceil(users * step / steps))

@@ -46,13 +46,15 @@ def test_bad_max_tokens(spec: str) -> None:
         max_tokens_sampler(spec)
 
 
-def test_steady_shape_holds_the_users() -> None:
+def test_steady_shape_holds_the_users_until_run_time() -> None:
     assert {plan("steady", 8, t, 60, 4) for t in range(0, 60, 5)} == {8}
+    assert plan("steady", 8, 60, 60, 4) is None  # the run is over
+    assert plan("steady", 8, 1e6, None, 4) == 8  # no -t: until interrupted
 
 
 def test_step_shape_ramps_in_steps() -> None:
-    users = [plan("step", 8, t, 80, 4) for t in (0, 19, 20, 39, 40, 60, 79)]
-    assert users == [2, 2, 4, 4, 6, 8, 8]
+    users = [plan("step", 8, t, 80, 4) for t in (0, 19, 20, 39, 40, 60, 79, 80)]
+    assert users == [2, 2, 4, 4, 6, 8, 8, None]
 
 
 def test_spike_shape_spikes_in_the_middle_fifth() -> None:

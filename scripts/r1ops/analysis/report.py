@@ -39,8 +39,17 @@ def measurement_printer(console: Console):
 
 def summary_table(run: AnalysisRun) -> Table:
     table = Table(title="Analysis dry run", title_justify="left")
-    for col in ("metric", "phase", "measurements", "ok", "failed", "inconcl.", "errors", "last value"):
-        table.add_column(col)
+    for col in (
+        "metric",
+        "phase",
+        "taken",
+        "ok",
+        "failed/limit",
+        "inconcl./limit",
+        "errors/limit",
+        "last value",
+    ):
+        table.add_column(col, no_wrap=col == "metric")
     for metric in run.metrics:
         r = run.results.get(metric.name)
         if r is None:
@@ -53,9 +62,9 @@ def summary_table(run: AnalysisRun) -> Table:
             styled(r.phase),
             str(len(r.measurements)),
             str(r.successful),
-            f"{r.failed} (limit {metric.failure_limit})",
-            f"{r.inconclusive} (limit {metric.inconclusive_limit})",
-            f"{r.error} (consecutive {r.consecutive_error}/{metric.consecutive_error_limit})",
+            f"{r.failed}/{metric.failure_limit}",
+            f"{r.inconclusive}/{metric.inconclusive_limit}",
+            f"{r.consecutive_error}/{metric.consecutive_error_limit} ({r.error} in all)",
             last,
         )
     return table
