@@ -4,6 +4,7 @@ the model volume and download before the workload."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from r1ops.validate import schema_problems
 
 from .conftest import ENVS, find
 
@@ -122,19 +124,33 @@ func main() {
 """
 
 
-@pytest.mark.skipif(shutil.which("go") is None, reason="Go executes the ApplicationSet's Go template")
-def test_only_prod_waits_for_a_manual_sync(objects: dict, tmp_path: Path) -> None:
-    patch = find(objects["apps"], "ApplicationSet", "r1-environments")["spec"]["templatePatch"]
+@pytest.mark.skipif(shutil.which("go") is None, reason="Go executes the ApplicationSet's Go templates")
+def test_generated_applications(objects: dict, tmp_path: Path) -> None:
+    """What the ApplicationSet generates per overlay directory, through Go's text/template like the
+    ApplicationSet controller: valid Applications, prod the only one without automated sync."""
+    appset = find(objects["apps"], "ApplicationSet", "r1-environments")["spec"]
     (tmp_path / "main.go").write_text(GO_TEMPLATE)
     build = subprocess.run(
         ["go", "build", "-o", "render", "main.go"], cwd=tmp_path, capture_output=True, text=True
     )
     assert build.returncode == 0, build.stderr
+
+    def execute(template: str, env: str) -> dict:
+        proc = subprocess.run(
+            [tmp_path / "render", template, env], capture_output=True, text=True, check=True
+        )
+        return yaml.safe_load(proc.stdout)
+
     for env in [*ENVS, "qa"]:
-        out = subprocess.run(
-            [tmp_path / "render", patch, env], capture_output=True, text=True, check=True
-        ).stdout
-        policy = yaml.safe_load(out)["spec"]["syncPolicy"]
+        app = execute(json.dumps(appset["template"]), env)
+        patch = execute(appset["templatePatch"], env)
+        app["spec"]["syncPolicy"] = patch["spec"]["syncPolicy"]
+        app = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Application", **app}
+        assert schema_problems([app]) == []
+        assert app["metadata"]["name"] == f"r1-{env}"
+        assert app["spec"]["destination"]["namespace"] == f"ai-inference-{env}"
+        assert app["spec"]["source"]["path"] == f"overlays/{env}"
+        policy = app["spec"]["syncPolicy"]
         assert "RespectIgnoreDifferences=true" in policy["syncOptions"]
         if env == "prod":
             assert "automated" not in policy
