@@ -19,15 +19,15 @@ _HUNK = re.compile(r"^@@ -(\d+)")
 
 def render_valid(env: Environment, when: str) -> str:
     """The overlay's rendered YAML, or a CommandError naming what does not render or validate."""
-    from r1ops.render import render_overlay, validate_rendered  # the stack's renderer: kubectl kustomize
+    # Imported here: the schema validation stack is heavy, and `r1ops --help` should stay fast.
+    from r1ops.render import render_overlay, validate_rendered
+    from r1ops.schemas import SchemaFetchError
 
     try:
         text = render_overlay(env.overlay)
     except (CommandError, subprocess.CalledProcessError, OSError, ValueError) as exc:
         detail = getattr(exc, "stderr", None) or str(exc)
         raise CommandError(f"{env.name} does not render {when}: {detail.strip().splitlines()[-1]}") from exc
-    from r1ops.schemas import SchemaFetchError
-
     try:
         problems = validate_rendered(text)
     except SchemaFetchError as exc:  # no network on a fresh machine: say so, in one line
@@ -45,8 +45,9 @@ def _object_labels(text: str) -> list[str]:
 
     def close() -> None:
         obj = yaml.safe_load("".join(chunk)) if chunk else None
-        meta = (obj or {}).get("metadata") or {} if isinstance(obj, dict) else {}
-        label = f"{obj.get('kind', '?')}/{meta.get('name', '?')}" if isinstance(obj, dict) else ""
+        label = ""
+        if isinstance(obj, dict):
+            label = f"{obj.get('kind', '?')}/{(obj.get('metadata') or {}).get('name', '?')}"
         labels.extend([label] * len(chunk))
         chunk.clear()
 
