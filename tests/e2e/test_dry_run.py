@@ -1,5 +1,6 @@
-"""Every overlay and every Argo CD app passes the real API server's validation (server-side dry run)
-with all CRDs installed: schemas, defaulting and admission, which rendering alone cannot show."""
+"""Every overlay, every Argo CD app and the observability manifests pass the real API server's
+validation (server-side dry run) with all CRDs installed: schemas, defaulting and admission, which
+rendering alone cannot show."""
 
 from __future__ import annotations
 
@@ -12,14 +13,9 @@ from r1ops.e2e.kubectl import Kubectl
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-TARGETS = sorted(
-    [p.parent.relative_to(REPO) for p in REPO.glob("overlays/*/kustomization.yaml")]
-    + [
-        p.parent.relative_to(REPO)
-        for p in REPO.glob("apps/**/kustomization.yaml")
-        if "components" not in p.parts
-    ]
-)
+# observability/ is what the platform app `observability` syncs.
+PATTERNS = ("overlays/*/kustomization.yaml", "apps/**/kustomization.yaml", "observability/kustomization.yaml")
+TARGETS = sorted(p.parent.relative_to(REPO) for pattern in PATTERNS for p in REPO.glob(pattern))
 
 
 def _is_component(path: Path) -> bool:
