@@ -61,9 +61,10 @@ def test_32_concurrent_streams_complete_and_share_batches(live_server: ServerPro
     assert sorted(results) == [(tokens, i) for i in range(32)]
     after = scrape(live_server)
     steps = after["r1serve_batch_size_count"] - before["r1serve_batch_size_count"]
-    single = after['r1serve_batch_size_bucket{le="1.0"}'] - before['r1serve_batch_size_bucket{le="1.0"}']
-    # Batching for real: most steps computed several sequences; 32 x 24 tokens in far fewer steps.
-    assert steps - single > steps / 2
+    up_to_8 = after['r1serve_batch_size_bucket{le="8.0"}'] - before['r1serve_batch_size_bucket{le="8.0"}']
+    # Batching for real: some steps computed more than 8 sequences at once, and 32 x 24 tokens took
+    # far fewer steps than one sequence at a time would (how many exactly depends on arrival timing).
+    assert steps > up_to_8
     assert steps < 32 * tokens / 4
     assert after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"] == 32 * tokens
     assert after["vllm:kv_cache_usage_perc"] == 0 and after["vllm:num_requests_running"] == 0
