@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
+from contextlib import aclosing
 from typing import TypeVar
 
 from fastapi import Request
@@ -151,7 +152,8 @@ class Generation:
                 metrics.e2e.labels(name).observe(time.perf_counter() - start)
 
     async def text(self) -> str:
-        return "".join([delta async for delta in self.deltas()])
+        async with aclosing(self.deltas()) as deltas:
+            return "".join([delta async for delta in deltas])
 
 
 class ClientGone(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
@@ -78,8 +79,11 @@ async def _collect(request: Request, gen: Generation) -> str | Response:
 def _streaming(request: Request, chunks: AsyncIterator[bytes]) -> StreamingResponse:
     async def guarded() -> AsyncIterator[bytes]:
         try:
-            async for chunk in chunks:
-                yield chunk
+            # aclosing: a client that disconnects closes this generator; the inner ones (and with them
+            # the engine sequence and its KV blocks) must close right then, not whenever GC runs.
+            async with aclosing(chunks):
+                async for chunk in chunks:
+                    yield chunk
         except EngineError as exc:
             request.scope[LATE_STATUS_KEY] = 500
             yield sse_error(exc)
@@ -118,9 +122,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     async def events() -> AsyncIterator[bytes]:
         parser = ReasoningParser(starts_in_reasoning)
         yield chunk({"role": "assistant", "content": ""})
-        async for text in gen.deltas():
-            if delta := _reasoning_delta(*parser.feed(text)):
-                yield chunk(delta)
+        async with aclosing(gen.deltas()) as deltas:
+            async for text in deltas:
+                if delta := _reasoning_delta(*parser.feed(text)):
+                    yield chunk(delta)
         if delta := _reasoning_delta(*parser.flush()):
             yield chunk(delta)
         yield chunk({}, gen.finish_reason)
@@ -181,8 +186,9 @@ async def completions(body: CompletionRequest, request: Request):
     async def events() -> AsyncIterator[bytes]:
         if echo:
             yield chunk(echo)
-        async for text in gen.deltas():
-            yield chunk(text)
+        async with aclosing(gen.deltas()) as deltas:
+            async for text in deltas:
+                yield chunk(text)
         yield chunk("", gen.finish_reason)
         if body.include_usage:
             yield sse({**base, "choices": [], "usage": gen.usage})
