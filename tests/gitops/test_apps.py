@@ -127,7 +127,8 @@ func main() {
 @pytest.mark.skipif(shutil.which("go") is None, reason="Go executes the ApplicationSet's Go templates")
 def test_generated_applications(objects: dict, tmp_path: Path) -> None:
     """What the ApplicationSet generates per overlay directory, through Go's text/template like the
-    ApplicationSet controller: valid Applications, prod the only one without automated sync."""
+    ApplicationSet controller: valid Applications, prod and prod-* regions the only ones without
+    automated sync."""
     appset = find(objects["apps"], "ApplicationSet", "r1-environments")["spec"]
     (tmp_path / "main.go").write_text(GO_TEMPLATE)
     build = subprocess.run(
@@ -141,7 +142,7 @@ def test_generated_applications(objects: dict, tmp_path: Path) -> None:
         )
         return yaml.safe_load(proc.stdout)
 
-    for env in [*ENVS, "qa"]:
+    for env in [*ENVS, "qa", "prod-eu"]:
         app = execute(json.dumps(appset["template"]), env)
         patch = execute(appset["templatePatch"], env)
         app["spec"]["syncPolicy"] = patch["spec"]["syncPolicy"]
@@ -152,8 +153,8 @@ def test_generated_applications(objects: dict, tmp_path: Path) -> None:
         assert app["spec"]["source"]["path"] == f"overlays/{env}"
         policy = app["spec"]["syncPolicy"]
         assert "RespectIgnoreDifferences=true" in policy["syncOptions"]
-        if env == "prod":
-            assert "automated" not in policy
+        if env.startswith("prod"):
+            assert "automated" not in policy, env
         else:
             assert policy["automated"] == {"prune": True, "selfHeal": True}, env
 
