@@ -183,8 +183,8 @@ current-context: e2e
         self.kubeconfig.chmod(0o600)
 
     def install_crds(self) -> None:
-        for crd in self.tc.crds:
-            self.kubectl.run("apply", "--server-side", "-f", str(crd))
+        files = [f"--filename={crd}" for crd in self.tc.crds]
+        self.kubectl.run("apply", "--server-side", *files, timeout=300)
         self.kubectl.run("wait", "--for=condition=Established", "crd", "--all", "--timeout=120s")
 
     def _controller_manager(self) -> None:
