@@ -11,6 +11,7 @@ others. See docs/LOADTESTS.md.
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 
 from locust import HttpUser, between, events, task
@@ -28,6 +29,23 @@ __all__ = ["ChatUser", "R1Shape"]
 @events.init_command_line_parser.add_listener
 def _arguments(parser) -> None:
     add_arguments(parser)
+
+
+@events.init.add_listener
+def _check_options(environment, **_kwargs) -> None:
+    """Refuse bad flags before any user starts: one line, non-zero exit."""
+    options = environment.parsed_options
+    if options is None:
+        return
+    try:
+        max_tokens_sampler(options.max_tokens)
+        parse_split(options.split)
+        load_prompts(Path(options.prompts) if options.prompts else DEFAULT_PROMPTS)
+        if not 0.0 <= options.stream_ratio <= 1.0:
+            raise ValueError(f"--stream-ratio must be within 0..1, got {options.stream_ratio}")
+    except (ValueError, OSError) as exc:
+        sys.stderr.write(f"locustfile: {exc}\n")
+        sys.exit(2)
 
 
 @events.quitting.add_listener

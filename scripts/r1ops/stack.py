@@ -127,7 +127,7 @@ def versions(degraded_canary: bool, canary: bool = True) -> list[Version]:
 
 
 def locust_command(
-    stack: LocalStack, weights: dict[str, int], users: int, run_time: str, csv_prefix: Path
+    stack: LocalStack, weights: dict[str, int], users: int, run_time: str, csv_prefix: Path, max_tokens: str
 ) -> list[str]:
     split = ",".join(f"{v.role}@{v.server.base_url}={weights[v.role]}" for v in stack.versions if v.server)
     return [
@@ -147,7 +147,7 @@ def locust_command(
         "--split",
         split,
         "--max-tokens",
-        "8-24",
+        max_tokens,
         "--stream-ratio",
         "0.75",
         "--csv",
@@ -261,7 +261,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
         weights = {"stable": 100 - ns.canary_weight, "canary": ns.canary_weight}
         run_time = f"{int(budget / ns.speed) + 60}s"
         csv_prefix = workdir / "locust"
-        cmd = locust_command(stack, weights, ns.users, run_time, csv_prefix)
+        cmd = locust_command(stack, weights, ns.users, run_time, csv_prefix, ns.max_tokens)
         with (workdir / "locust.log").open("wb") as log:
             locust = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         exits.callback(_stop, locust)
@@ -356,6 +356,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--degraded-canary", action="store_true", help="the canary cannot batch: the gate must fail it"
     )
     d.add_argument("--users", type=int, default=8, help="concurrent Locust users (default 8)")
+    d.add_argument("--max-tokens", default="64-128", help="Locust's max_tokens distribution (default 64-128)")
     d.add_argument(
         "--canary-weight", type=int, default=50, help="percent of traffic to the canary (default 50)"
     )
