@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NonNegInt = Annotated[int, Field(ge=0)]
 
@@ -34,6 +34,12 @@ class SamplingFields(BaseModel):
     stop_token_ids: list[NonNegInt] | None = Field(None, description="extension")
     ignore_eos: bool = Field(False, description="extension: keep generating past EOS (benchmarks)")
     user: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: object) -> object:
+        # Some clients send every field, unset ones as null: treat null as "not given".
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
     @field_validator("n")
     @classmethod
