@@ -115,3 +115,20 @@ def test_client_disconnect_frees_kv_cache(live_server: ServerProcess, stream: bo
     assert after["vllm:kv_cache_usage_perc"] == 0
     assert after["vllm:prompt_tokens_total"] > before["vllm:prompt_tokens_total"]  # it did run
     assert after["vllm:e2e_request_latency_seconds_count"] == before["vllm:e2e_request_latency_seconds_count"]
+
+
+def test_kv_cache_exhaustion_preempts_and_every_request_completes(start_server) -> None:
+    # 16 blocks of 16 tokens (fp32 tiny model: 8 KiB a block); 8 requests of ~110 tokens need ~56.
+    server = start_server(kv_cache_memory="128KiB", max_model_len=128, block_size=16)
+    body = {"model": server.model_dir.name, "prompt": "Go on", "max_tokens": 100, "ignore_eos": True}
+
+    async def main() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=300) as client:
+            return await asyncio.gather(*(client.post("/v1/completions", json=body) for _ in range(8)))
+
+    responses = asyncio.run(main())
+    assert [r.status_code for r in responses] == [200] * 8
+    assert all(r.json()["usage"]["completion_tokens"] == 100 for r in responses)
+    metrics = scrape(server)
+    assert metrics["vllm:num_preemptions_total"] > 0
+    assert metrics["vllm:kv_cache_usage_perc"] == 0

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,19 +29,26 @@ TOKEN_LATENCY_BUCKETS = (
     10.0, 20.0, 40.0, 60.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+EngineState = tuple[int, int, float, int]  # running, waiting, KV usage, preemptions so far
 INFERENCE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 # Set by a route when a stream that started with 200 later fails, so the error-rate gate sees it.
 LATE_STATUS_KEY = "r1serve.late_status"
 
 
 class EngineGauges(Collector):
-    """vllm:num_requests_running / _waiting and vllm:kv_cache_usage_perc, read when scraped."""
+    """vllm:num_requests_running / _waiting, vllm:kv_cache_usage_perc and vllm:num_preemptions_total,
+    read from the engine when scraped."""
 
-    def __init__(self, model_name: str, read: Callable[[], tuple[int, int, float] | None]) -> None:
+    def __init__(self, model_name: str, read: Callable[[], EngineState | None]) -> None:
         self.model_name, self.read = model_name, read
 
     def collect(self) -> Iterable[Metric]:
-        running, waiting, usage = self.read() or (0, 0, 0.0)
+        running, waiting, usage, preemptions = self.read() or (0, 0, 0.0, 0)
+        preempted = CounterMetricFamily(
+            "vllm:num_preemptions", "Sequences preempted for lack of KV cache memory.", labels=["model_name"]
+        )
+        preempted.add_metric([self.model_name], preemptions)
+        yield preempted
         for name, doc, value in (
             ("vllm:num_requests_running", "Requests in the running batch.", running),
             ("vllm:num_requests_waiting", "Requests waiting to be scheduled.", waiting),
@@ -53,7 +60,7 @@ class EngineGauges(Collector):
 
 
 class Metrics:
-    def __init__(self, model_name: str, engine_state: Callable[[], tuple[int, int, float] | None]) -> None:
+    def __init__(self, model_name: str, engine_state: Callable[[], EngineState | None]) -> None:
         self.model_name = model_name
         self.registry = r = CollectorRegistry()
         prometheus_client.ProcessCollector(registry=r)

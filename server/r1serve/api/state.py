@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from r1serve.api.drain import RETRY_AFTER_SECONDS, Drain
 from r1serve.api.errors import APIError
-from r1serve.api.metrics import Metrics
+from r1serve.api.metrics import EngineState, Metrics
 from r1serve.config import Settings
 from r1serve.engine.async_engine import AsyncEngine
 from r1serve.engine.llm_engine import LLMEngine, StepResult
@@ -34,9 +34,12 @@ class ServerState:
         self.ready = False
         self.created = int(time.time())
 
-    def _engine_state(self) -> tuple[int, int, float] | None:
+    def _engine_state(self) -> EngineState | None:
         engine = self.engine
-        return None if engine is None else (engine.num_running, engine.num_waiting, engine.kv_cache_usage)
+        if engine is None:
+            return None
+        preemptions = engine.engine.scheduler.num_preemptions
+        return engine.num_running, engine.num_waiting, engine.kv_cache_usage, preemptions
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
