@@ -70,6 +70,8 @@ def test_completions_streaming_and_not(client: openai.OpenAI, model: str) -> Non
     streamed = list(client.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
     assert "".join(c.choices[0].text for c in streamed if c.choices) == whole.choices[0].text
     assert streamed[-1].usage.completion_tokens == N
+    echoed = client.completions.create(**kw, echo=True).choices[0].text
+    assert echoed == "Once upon a time" + whole.choices[0].text
 
 
 def test_greedy_and_seeded_requests_are_reproducible(client: openai.OpenAI, model: str) -> None:

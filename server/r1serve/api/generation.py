@@ -40,7 +40,7 @@ def sampling_params(
             400,
             f"This model's maximum context length is {max_len} tokens. However, your prompt has "
             f"{num_prompt_tokens} tokens. Please shorten the prompt.",
-            param="messages",
+            param=prompt_param(req),
             code="context_length_exceeded",
         )
     room = max_len - num_prompt_tokens
@@ -71,6 +71,10 @@ def sampling_params(
     )
 
 
+def prompt_param(req: SamplingFields) -> str:
+    return "messages" if hasattr(req, "messages") else "prompt"
+
+
 def check_token_ids(token_ids: list[int], vocab_size: int, param: str) -> None:
     bad = next((t for t in token_ids if t >= vocab_size), None)
     if bad is not None:
@@ -98,7 +102,7 @@ class Generation:
                 retry_after=RETRY_AFTER_SECONDS,
             ) from exc  # fmt: skip
         except RequestRejected as exc:
-            raise APIError(400, str(exc), param="messages", code="context_length_exceeded") from exc
+            raise APIError(400, str(exc), param="prompt", code="context_length_exceeded") from exc
         self.state = state
         self.id = uuid.uuid4().hex
         self.created = int(time.time())

@@ -151,11 +151,10 @@ async def completions(body: CompletionRequest, request: Request):
     state.check_model(body.model)
     tokenizer = state.runner.tokenizer
     if isinstance(body.prompt, str):
-        prompt_text, prompt_ids = body.prompt, tokenizer.encode(body.prompt)
+        prompt_ids = tokenizer.encode(body.prompt)
     else:
         check_token_ids(body.prompt, tokenizer.vocab_size, "prompt")
         prompt_ids = list(body.prompt)
-        prompt_text = tokenizer.decode(prompt_ids, skip_special_tokens=False)
     if not prompt_ids:
         raise APIError(400, "the prompt is empty", param="prompt")
     params = sampling_params(body, state, len(prompt_ids), COMPLETIONS_DEFAULT_MAX_TOKENS)
@@ -166,7 +165,9 @@ async def completions(body: CompletionRequest, request: Request):
         "created": gen.created,
         "model": state.model_name,
     }
-    echo = prompt_text if body.echo else ""
+    echo = ""
+    if body.echo:
+        echo = body.prompt if isinstance(body.prompt, str) else tokenizer.decode(prompt_ids, False)
 
     if not body.stream:
         text = await _collect(request, gen)
