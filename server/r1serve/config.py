@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     block_size: int = Field(16, ge=1, le=1024, description="tokens per KV block")
     max_queue: int = Field(256, ge=0, description="waiting requests before 429")
     drain_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests get after SIGTERM")
-    api_key: SecretStr | None = Field(None, description="Bearer key required on /v1 (unset = open)")
+    api_key: SecretStr | None = Field(
+        None, description="Bearer key required on /v1 (unset = open); use the variable, flags show in ps"
+    )
     enforce_eager: bool = Field(False, description="never capture CUDA graphs")
     # The e2e tier's "slow version" (docs/E2E.md): on the CPU engine batching does not change
     # latency, so no real setting makes a version reliably slower than another. Never set in a deployment.
