@@ -153,15 +153,18 @@ def test_parse_quantity_rejects_garbage() -> None:
 
 
 # The command line: a stand-in kubectl on PATH answers `get` from the fixtures (no API server here)
-# and hands `kustomize` to the real kubectl, so the overlays are rendered for real.
+# and renders `kustomize` requests with r1ops.render, so the overlays are rendered for real.
 FAKE_KUBECTL = """#!{python}
 import json, os, sys
 args = sys.argv[1:]
 with open(os.environ["FAKE_KUBECTL_LOG"], "a") as log:
     log.write(" ".join(args) + "\\n")
 args = [a for a in args if not a.startswith(("--kubeconfig=", "--context="))]
-if args[0] == "kustomize":
-    os.execv("{kubectl}", ["kubectl", *args])
+if args[0] == "kustomize":  # render for real, with the PATH the test started with
+    os.environ["PATH"] = os.environ["REAL_PATH"]
+    from r1ops.render import render_overlay
+    sys.stdout.write(render_overlay(args[1]))
+    sys.exit(0)
 if os.environ.get("FAKE_KUBECTL_DOWN"):
     sys.exit("The connection to the server 10.0.0.1:6443 was refused - did you specify the right host?")
 path = os.path.join(os.environ["FAKE_KUBECTL_DIR"], args[1] + ".json")
@@ -176,11 +179,12 @@ def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProce
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     fake = bin_dir / "kubectl"
-    fake.write_text(FAKE_KUBECTL.format(python=sys.executable, kubectl="/usr/bin/kubectl"))
+    fake.write_text(FAKE_KUBECTL.format(python=sys.executable))
     fake.chmod(0o755)
     environ = {
         **os.environ,
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "REAL_PATH": os.environ["PATH"],
         "FAKE_KUBECTL_DIR": str(FIXTURES),
         "FAKE_KUBECTL_LOG": str(tmp_path / "kubectl.log"),
         "COLUMNS": "200",
