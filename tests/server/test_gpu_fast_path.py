@@ -96,3 +96,34 @@ def test_cuda_graph_decode_matches_eager(tiny_model_dir: Path, batch: int) -> No
     tokens_e, logits_e = _greedy(eager, prompts, steps=24)
     assert tokens_g == tokens_e
     assert torch.allclose(logits_g, logits_e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_kernels_match_the_pytorch_path(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RMSNorm, rotary and SiLU-and-mul as one Triton kernel each, against the PyTorch code they replace."""
+    from r1serve.checkpoint import RopeConfig
+    from r1serve.model import triton_fused
+    from r1serve.model.layers import RMSNorm, SwiGLU
+    from r1serve.model.rotary import RotaryEmbedding
+
+    torch.manual_seed(random.randrange(2**31))
+    norm = RMSNorm(1536, 1e-6).to("cuda", dtype)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    mlp = SwiGLU(256, 1000).to("cuda", dtype)
+    rotary = RotaryEmbedding(128, RopeConfig(theta=10000.0))
+    x = torch.randn(37, 1536, device="cuda", dtype=dtype)
+    h = torch.randn(37, 256, device="cuda", dtype=dtype)
+    q = torch.randn(37, 12, 128, device="cuda", dtype=dtype)
+    k = torch.randn(37, 2, 128, device="cuda", dtype=dtype)
+    positions = torch.randint(0, 100_000, (37,), device="cuda")
+
+    with torch.no_grad():
+        fused = (norm(x), mlp(h), *rotary(positions, q.clone(), k.clone()))
+        monkeypatch.setattr(triton_fused, "supports", lambda _: False)
+        reference = (norm(x), mlp(h), *rotary(positions, q.clone(), k.clone()))
+    tolerance = 1e-2 if dtype == torch.bfloat16 else 1e-5
+    for name, got, want in zip(("rms_norm", "silu_mul", "rope q", "rope k"), fused, reference, strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        rel = (got.float() - want.float()).norm() / want.float().norm()
+        assert rel < tolerance, f"{name}: relative error {rel:.2e}"

@@ -7,6 +7,7 @@ import math
 import torch
 
 from r1serve.checkpoint import RopeConfig
+from r1serve.model import triton_fused
 
 
 def inverse_frequencies(head_dim: int, rope: RopeConfig) -> torch.Tensor:
@@ -50,6 +51,9 @@ class RotaryEmbedding(torch.nn.Module):
             inv_freq = self._inv_freq[positions.device] = self._inv_freq[torch.device("cpu")].to(
                 positions.device
             )
+        if triton_fused.supports(q):
+            triton_fused.rope_(q, k, positions, inv_freq)
+            return q, k
         freqs = positions[:, None].float() * inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         cos = emb.cos().to(q.dtype)[:, None, :]
