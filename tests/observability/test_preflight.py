@@ -1,7 +1,7 @@
-"""`r1ops preflight` on `kubectl get -A -o json` output of a healthy GPU cluster (fixtures in that
-exact List shape), broken one thing at a time. The environments come from the real overlays. A real
-API server is exercised by the e2e tier: tests/e2e/test_preflight.py runs `r1ops preflight
---kubeconfig` against its control plane."""
+"""`r1ops preflight` on recorded `kubectl get -A -o json` output of a healthy GPU cluster, broken
+one thing at a time. The fixtures were recorded from the e2e tier's real control plane
+(fixtures/preflight/record.py); the environments come from the real overlays. The e2e tier also
+runs the command itself against a live API server (tests/e2e/test_preflight.py)."""
 
 from __future__ import annotations
 
@@ -79,7 +79,10 @@ def test_gpu_nodes_without_product_label(cluster: RecordedCluster, envs: list[En
 
 
 def test_prod_needs_its_gpu_model(cluster: RecordedCluster, envs: list[Environment]) -> None:
-    cluster.data["nodes"] = [n for n in cluster.data["nodes"] if not n["metadata"]["name"].startswith("h100")]
+    def h100(node: dict) -> bool:
+        return node["metadata"]["labels"].get("nvidia.com/gpu.product") == "NVIDIA-H100-80GB-HBM3"
+
+    cluster.data["nodes"] = [n for n in cluster.data["nodes"] if not h100(n)]
     failed = failing(cluster, envs)
     assert set(failed) == {"GPU nodes for prod"}  # staging runs on any GPU, the L4 node will do
     assert "NVIDIA-H100-80GB-HBM3" in failed["GPU nodes for prod"].detail
