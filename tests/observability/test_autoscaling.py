@@ -30,12 +30,15 @@ def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict]]:
 def test_staging_and_prod_autoscale_within_their_range(rendered: tuple[str, list[dict]]) -> None:
     env, docs = rendered
     scaled = [d for d in docs if d["kind"] == "ScaledObject"]
-    if env not in RANGES:
-        assert not scaled, f"{env} is not meant to autoscale"
-        return
-    (so,) = scaled
-    assert so["apiVersion"] == "keda.sh/v1alpha1"
-    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == RANGES[env]
+    if env == "dev":
+        assert not scaled, "dev is not meant to autoscale"
+    if env in RANGES:
+        assert len(scaled) == 1
+    for so in scaled:  # also environments made later with `r1ops new-env`
+        assert so["apiVersion"] == "keda.sh/v1alpha1"
+        size = (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"])
+        assert 1 <= size[0] <= size[1]
+        assert size == RANGES.get(env, size)
 
 
 def test_the_rollout_is_the_target_and_git_leaves_its_replicas_alone(
