@@ -44,6 +44,14 @@ def _settings(args: argparse.Namespace) -> Settings:
                          f"R1SERVE_{where.upper()}): {first['msg']}") from None  # fmt: skip
 
 
+def _quiet_probes(record: logging.LogRecord) -> bool:
+    """Drop access-log lines of successful probes and scrapes (every few seconds, from every kubelet)."""
+    from r1serve.api.drain import PROBE_PATHS
+
+    args = record.args if isinstance(record.args, tuple) else ()
+    return not (len(args) == 5 and args[2] in PROBE_PATHS and args[4] == 200)
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -69,6 +77,7 @@ def serve(args: argparse.Namespace) -> int:
         # Inside the pod the kubelet and Prometheus talk to the server directly; no proxy headers.
         proxy_headers=False, server_header=False,
     )  # fmt: skip
+    logging.getLogger("uvicorn.access").addFilter(_quiet_probes)  # after Config: it sets up logging
     server = DrainingServer(config, app.state.server.drain, settings.drain_timeout)
     server.run()
     if fatal:

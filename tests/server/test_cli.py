@@ -90,3 +90,16 @@ def test_tiny_model_command(tmp_path: Path) -> None:
         "model.safetensors",
         "tokenizer.json",
     }
+
+
+def test_access_log_drops_only_successful_probes() -> None:
+    import logging
+
+    from r1serve.cli import _quiet_probes
+
+    def record(path: str, status: int) -> logging.LogRecord:
+        args = ("127.0.0.1:5", "GET", path, "1.1", status)
+        return logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d', args, None)
+
+    assert not _quiet_probes(record("/ready", 200)) and not _quiet_probes(record("/metrics", 200))
+    assert _quiet_probes(record("/ready", 503)) and _quiet_probes(record("/v1/completions", 200))
