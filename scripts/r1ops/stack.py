@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,12 +89,21 @@ class LocalStack:
     prometheus: PrometheusProcess | None = None
 
     def start(self, exits: ExitStack) -> LocalStack:
-        model = tiny_model_dir()
+        with self.console.status("writing the tiny model"):
+            model = tiny_model_dir()
         for v in self.versions:
-            with self.console.status(f"starting the {v.role} server ({_describe(v.settings)})"):
-                v.server = ServerProcess(model, settings=v.settings, log_path=self.workdir / f"{v.role}.log")
-                exits.callback(v.server.stop)
-                v.server.start()
+            v.server = ServerProcess(model, settings=v.settings, log_path=self.workdir / f"{v.role}.log")
+            exits.callback(v.server.stop)
+        roles = ", ".join(f"{v.role} ({_describe(v.settings)})" for v in self.versions)
+        with (
+            self.console.status(f"starting the servers: {roles}"),
+            ThreadPoolExecutor(len(self.versions)) as pool,
+        ):
+            # Started together: each spends seconds importing torch and loading weights.
+            for future in [pool.submit(v.server.start) for v in self.versions if v.server]:
+                future.result()
+        for v in self.versions:
+            assert v.server is not None and v.server.proc is not None
             self.console.print(f"  {v.role:<7} {v.server.base_url}  hash={v.hash}  pid={v.server.proc.pid}")
         with self.console.status("starting Prometheus"):
             self.prometheus = PrometheusProcess(

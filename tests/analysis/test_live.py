@@ -16,11 +16,10 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from rich.console import Console
-
 from r1ops.analysis.cli import prepare
 from r1ops.analysis.phases import Phase
 from r1ops.stack import NAMESPACE, LocalStack, Version, locust_command
+from rich.console import Console
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -80,7 +79,9 @@ def test_canary_gates(loaded_stack: LocalStack) -> None:
         "idle p99": ("inference-p99-latency", "idle", {"p99-threshold-seconds": "30"}),
     }
     with ThreadPoolExecutor(len(cases)) as pool:
-        futures = {name: pool.submit(analyse, loaded_stack, t, c, **extra) for name, (t, c, extra) in cases.items()}
+        futures = {
+            name: pool.submit(analyse, loaded_stack, t, c, **extra) for name, (t, c, extra) in cases.items()
+        }
         got = {name: f.result() for name, f in futures.items()}
     phases = {name: phase for name, (phase, _) in got.items()}
     assert phases == {

@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from r1ops.analysis.expr import ExprError, parse
+
 TEMPLATE_KINDS = ("AnalysisTemplate", "ClusterAnalysisTemplate")
 _PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
@@ -210,5 +212,14 @@ def validate_metric(m: Metric) -> None:
         raise SpecError(f"metric {m.name!r}: count must be >= failureLimit")
     if m.count is not None and m.count < m.inconclusive_limit:
         raise SpecError(f"metric {m.name!r}: count must be >= inconclusiveLimit")
+    for field, condition in (
+        ("successCondition", m.success_condition),
+        ("failureCondition", m.failure_condition),
+    ):
+        if condition:
+            try:
+                parse(condition)  # Argo would fail every measurement on it; say so before querying
+            except ExprError as exc:
+                raise SpecError(f"metric {m.name!r}: {field}: {exc}") from None
     if m.consecutive_success_limit:
         raise SpecError(f"metric {m.name!r}: consecutiveSuccessLimit is not supported by this dry run")

@@ -1,0 +1,55 @@
+"""`r1ops analyze` as a user runs it: exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from r1ops.processes import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def analyze(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "r1ops.cli", "analyze", *args]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=120, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
+    )
+
+
+def test_unreachable_prometheus_is_an_error_not_a_pass() -> None:
+    # The real template: consecutiveErrorLimit 2, so the 3rd failed query ends the run in Error.
+    out = analyze(
+        str(REPO / "rollouts"), "-t", "inference-p99-latency",
+        "--arg", "namespace=x", "--arg", "canary-hash=abc", "--arg", "p99-threshold-seconds=1",
+        "--arg", f"prometheus-address=http://127.0.0.1:{free_port()}", "--speed", "200",
+    )  # fmt: skip
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "consecutiveErrors (3) > consecutiveErrorLimit (2)" in out.stdout
+    assert "AnalysisRun phase: Error" in out.stdout
+
+
+def test_missing_value_from_arg_is_one_line() -> None:
+    out = analyze(str(REPO / "rollouts"), "-t", "inference-p99-latency", "--arg", "namespace=x")
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "r1ops analyze: args need a value: canary-hash, p99-threshold-seconds; pass --arg NAME=VALUE"
+    ]
+
+
+def test_unsupported_condition_is_named_before_any_query(tmp_path: Path) -> None:
+    template = tmp_path / "t.yaml"
+    template.write_text(
+        "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: t}\nspec:\n"
+        "  metrics:\n  - name: m\n    successCondition: result | len() > 0\n"
+        f"    provider: {{prometheus: {{address: 'http://127.0.0.1:{free_port()}', query: up}}}}\n"
+    )
+    out = analyze(str(template))
+    assert out.returncode == 1
+    assert "metric 'm': successCondition: the pipe operator '|' is not supported" in out.stderr
+
+
+def test_bad_speed_and_arg_syntax() -> None:
+    assert "--speed must be > 0" in analyze(str(REPO / "rollouts"), "--speed", "0").stderr
+    assert "NAME=VALUE" in analyze(str(REPO / "rollouts"), "--arg", "novalue").stderr

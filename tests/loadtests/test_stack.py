@@ -1,0 +1,75 @@
+"""`r1ops stack`: servers and Prometheus come up labelled like a cluster, and Ctrl-C leaves no orphans."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes; only a running process would be an orphan.
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")  # the tiny model is written once, on first use
+
+
+@pytest.mark.parametrize(
+    ("stop_signal", "flags", "children"),
+    [(signal.SIGINT, [], 3), (signal.SIGTERM, ["--no-canary"], 2)],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_stack_stops_every_child(
+    stop_signal: signal.Signals, flags: list[str], children: int, cache: Path
+) -> None:
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache), COLUMNS="200")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "r1ops.cli", "stack", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "stack ready" in line:
+                break
+        text = "".join(lines)
+        pids = [int(p) for p in re.findall(r"pid=(\d+)", text)]
+        assert len(pids) == children, text  # stable, [canary,] prometheus
+        prometheus = re.search(r"prometheus (http://127\.0\.0\.1:\d+)", text).group(1)
+        hashes = dict(re.findall(r"(stable|canary)\s+http\S+\s+hash=(\w+)", text))
+        series = httpx.get(f"{prometheus}/api/v1/query", params={"query": "up"}).json()["data"]["result"]
+        labels = {s["metric"]["rollouts_pod_template_hash"]: s["metric"] for s in series}
+        assert set(labels) == set(hashes.values())
+        assert all(
+            m["namespace"] == "r1-local" and m["pod"].startswith("deepseek-r1-") for m in labels.values()
+        )
+        proc.send_signal(stop_signal)
+        assert proc.wait(timeout=60) in (0, 130)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in pids if _alive(p)], "orphaned children"
