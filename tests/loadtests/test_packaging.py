@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from r1ops.render import render_overlay
 
 REPO = Path(__file__).resolve().parents[2]
 LOADTESTS = REPO / "loadtests"
@@ -40,11 +41,7 @@ def test_image_requirements_match_pyproject_pins() -> None:
 
 
 def render(path: Path) -> list[dict]:
-    kubectl = shutil.which("kubectl")
-    if not kubectl:
-        pytest.skip("kubectl not installed (scripts/setup.sh installs it)")
-    out = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, check=True).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
+    return [d for d in yaml.safe_load_all(render_overlay(path)) if d]
 
 
 def pod_specs(docs: list[dict]) -> list[dict]:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -87,20 +85,17 @@ class Metric(BaseModel):
 
 
 def render(source: Path) -> str:
-    """YAML text of a kustomization directory (via `kubectl kustomize`) or of a file."""
+    """YAML text of a kustomization directory (r1ops render's kustomize) or of a file."""
+    from r1ops.render import RenderError, render_overlay
+
     if source.is_file():
         return source.read_text()
     if not source.is_dir():
         raise SpecError(f"{source}: no such file or directory")
-    kubectl = shutil.which("kubectl")
-    if not kubectl:
-        raise SpecError(
-            "kubectl not found: it renders the overlay (`kubectl kustomize`); pass --file instead"
-        )
-    proc = subprocess.run([kubectl, "kustomize", str(source)], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise SpecError(f"kubectl kustomize {source} failed: {proc.stderr.strip().splitlines()[-1:]}")
-    return proc.stdout
+    try:
+        return render_overlay(source)
+    except RenderError as exc:
+        raise SpecError(str(exc)) from None
 
 
 def load_templates(text: str, names: list[str] | None = None) -> list[dict[str, Any]]:
