@@ -9,6 +9,7 @@ the Rollout's image and environment the way a release would. The AnalysisTemplat
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import yaml
@@ -65,7 +66,8 @@ def render(
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         "namespace": namespace,
-        "resources": [str(overlay.resolve())],
+        # kustomize takes no absolute roots; a relative path may leave the kustomization's directory.
+        "resources": [os.path.relpath(overlay.resolve(), workdir.resolve())],
         "patches": [{"target": {"kind": "Rollout", "name": ROLLOUT}, "patch": json.dumps(patch)}],
     }
     (workdir / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))

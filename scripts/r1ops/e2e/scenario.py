@@ -15,8 +15,8 @@ from pathlib import Path
 
 from r1ops.e2e.cluster import Cluster
 from r1ops.e2e.deploy import ROLLOUT, bind_claims, dump, render, rollout_status
-from r1ops.e2e.load import ServiceLoad
-from r1ops.e2e.pod_servers import PodServers
+from r1ops.e2e.load import ServiceLoad, endpoint_pods
+from r1ops.e2e.pod_servers import HASH_LABEL, PodServers
 from r1ops.e2e.prometheus import Prometheus
 
 IMAGE_REPO = "ghcr.io/example-org/r1serve"
@@ -86,12 +86,17 @@ class Scenario:
             self.cluster.check_alive()
             self.raise_harness_errors()
             st = self.status()
-            return st if predicate(st) else None
+            if predicate(st):
+                return st
+            # Terminal for this release unless a person acts: waiting longer cannot help.
+            if st.get("abort") or st.get("message") == "InconclusiveAnalysisRun":
+                raise AssertionError(f"{what}: rollout stopped instead ({st.get('message')})")
+            return None
 
         try:
             return self.kubectl.wait_for(check, timeout, what, interval=2)
-        except TimeoutError as exc:
-            raise TimeoutError(
+        except (TimeoutError, AssertionError) as exc:
+            raise AssertionError(
                 f"{exc}\nrollout status: {self.status()}\n{self.describe_analysis()}"
             ) from None
 
@@ -125,6 +130,12 @@ class Scenario:
                 values = [(x.get("phase"), x.get("value")) for x in m.get("measurements", [])]
                 lines.append(f"  {m['name']}: {m.get('phase')} {values}")
         return "\n".join(lines)
+
+    def serving(self, service: str) -> set[str]:
+        """Template hashes of the pods behind a Service's ready endpoints: who really gets its traffic."""
+        names = endpoint_pods(self.kubectl, self.namespace, service)
+        pods = self.kubectl.items("pods", self.namespace)
+        return {p["metadata"]["labels"].get(HASH_LABEL, "") for p in pods if p["metadata"]["name"] in names}
 
     def rollout(self) -> dict:
         return self.kubectl.json("get", "rollout", ROLLOUT, "-n", self.namespace)
