@@ -32,6 +32,9 @@ e2e: setup ## End-to-end tier on a real API server with the real Argo Rollouts c
 	$(PY) -m r1ops.e2e.build
 	$(PY) -m pytest -m e2e -p no:cacheprovider tests/e2e
 
+bench: setup ## GPU benchmark suite (needs a CUDA GPU; bench/README.md)
+	$(PY) -m bench --out .out/bench
+
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
