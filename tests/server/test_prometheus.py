@@ -12,7 +12,11 @@ from r1ops.prometheus import PrometheusProcess, ScrapeTarget
 pytestmark = pytest.mark.slow
 
 P99 = "histogram_quantile(0.99, sum(rate(inference_latency_seconds_bucket[1m])) by (le))"
-ERROR_RATE = 'sum(rate(inference_requests_total{code=~"5.."}[1m])) / sum(rate(inference_requests_total[1m]))'
+# As rollouts/error-rate.yaml: no 5xx series at all is a rate of 0.
+ERROR_RATE = (
+    '(sum(rate(inference_requests_total{code=~"5.."}[1m])) or vector(0))'
+    " / sum(rate(inference_requests_total[1m]))"
+)
 
 
 def test_p99_and_error_rate_queries_over_real_scrapes(live_server: ServerProcess, tmp_path) -> None:
@@ -28,6 +32,9 @@ def test_p99_and_error_rate_queries_over_real_scrapes(live_server: ServerProcess
         p99 = prom.wait_for(P99, lambda v: not math.isnan(v))
         assert 0 < p99 <= 60
         assert prom.wait_for(ERROR_RATE, lambda v: not math.isnan(v)) == 0
+        # Probes and scrapes are not API traffic: only /v1 routes are counted.
+        routes = {s["metric"]["route"] for s in prom.query("inference_requests_total")}
+        assert routes == {"/v1/completions", "/v1/chat/completions"}
         series = prom.query('inference_requests_total{route="/v1/completions",code="200"}')
         assert series[0]["metric"]["rollouts_pod_template_hash"] == "c1"
         assert series[0]["metric"]["namespace"] == "test"

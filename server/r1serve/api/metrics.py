@@ -1,9 +1,10 @@
 """Prometheus metrics, named as in docs/DESIGN.md (the AnalysisTemplates and dashboards query them).
 
-`inference_requests_total` counts every HTTP response by route template and status code (an ASGI
-middleware, so 401/404/429/503 count too); `inference_latency_seconds` is the end-to-end latency of
-successful inference requests, streams included (measured until the last body byte). The engine
-gauges are read at scrape time, so they are never stale.
+`inference_requests_total` counts every response of the API (/v1/...) by route template and status
+code (an ASGI middleware, so 401/404/429/503 count too; probes and scrapes do not).
+`inference_latency_seconds` is the end-to-end latency of successful inference requests, streams
+included (measured until the last body byte). The engine gauges are read at scrape time, so they
+are never stale.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ TOKEN_LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 EngineState = tuple[int, int, float, int]  # running, waiting, KV usage, preemptions so far
+API_PREFIX = "/v1/"
 INFERENCE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 # Set by a route when a stream that started with 200 later fails, so the error-rate gate sees it.
 LATE_STATUS_KEY = "r1serve.late_status"
@@ -105,6 +107,11 @@ class Metrics:
         ):
             metric.labels(model_name)
         self.batch_size.labels(model_name)
+        # The series the gates divide exist at 0 before the first request: a series born with a
+        # non-zero value loses that first increase in rate(), and a brand-new canary would look idle.
+        for route in INFERENCE_ROUTES:
+            for code in ("200", "500", "503"):
+                self.requests.labels(model_name, route, code)
 
     def exposition(self) -> bytes:
         return prometheus_client.generate_latest(self.registry)
@@ -122,7 +129,9 @@ class MetricsMiddleware:
         self.app, self.metrics = app, metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        # Only API traffic counts: kubelet probes (503 while loading or draining) and Prometheus
+        # scrapes must neither add 5xx to the error-rate gate nor dilute it with their 200s.
+        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
