@@ -78,7 +78,6 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, drain: Drain, drain_timeout: float) -> None:
         super().__init__(config)
         self.drain, self.drain_timeout = drain, drain_timeout
-        self.exit_code = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task | None = None
 
@@ -109,9 +108,4 @@ class DrainingServer(uvicorn.Server):
             log.warning("drain timeout: %d requests still in flight are cut off", self.drain.in_flight)
         else:
             log.info("drained; shutting down")
-        self.should_exit = True
-
-    def fail(self, message: str) -> None:
-        """Stop the server with a non-zero exit status (e.g. the checkpoint cannot be loaded)."""
-        self.exit_code = 1
         self.should_exit = True
