@@ -3,6 +3,7 @@ every in-flight stream runs to its end, and the process exits 0."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -73,3 +74,18 @@ def test_sigterm_drains_in_flight_streams_then_exits_zero(start_server) -> None:
     assert server.proc.wait(120) == 0
     # Sanity of the scenario itself: the streams were still running when the server went unready.
     assert in_flight_when_unready > 0
+
+
+def test_drain_timeout_cuts_what_is_left_and_still_exits_zero(start_server) -> None:
+    server = start_server(drain_timeout=1)
+    body = {"model": server.model_dir.name, "prompt": "Go", "max_tokens": 3000, "ignore_eos": True}
+    body["stream"] = True
+    lines = []
+    with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=120) as r:
+        stream = r.iter_lines()
+        lines.append(next(stream))
+        server.terminate()
+        with contextlib.suppress(httpx.HTTPError):  # the connection is closed under the stream
+            lines.extend(stream)
+    assert server.proc.wait(60) == 0
+    assert "data: [DONE]" not in lines  # cut off, not completed
