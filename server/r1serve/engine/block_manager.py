@@ -57,15 +57,22 @@ class BlockManager:
 
     # -- admission -------------------------------------------------------------------------------
 
+    def _full_block_hashes(self, seq: Sequence) -> list[int]:
+        """The chained hash of each full block of `seq`, computed once per block (tokens only grow)."""
+        bs, hashes = self.block_size, seq.block_hashes
+        for i in range(len(hashes), len(seq) // bs):
+            tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
+            hashes.append(chain_hash(hashes[i - 1] if i else NO_HASH, tokens))
+        return hashes
+
     def _prefix_hits(self, seq: Sequence) -> list[int]:
         """Block ids of the longest cached prefix of `seq`, full blocks only."""
         hits: list[int] = []
-        prev = NO_HASH
         bs = self.block_size
-        for i in range(len(seq) // bs):
+        for i, h in enumerate(self._full_block_hashes(seq)):
+            block_id = self.hash_to_block.get(h)
+            # Compare the tokens too: a hash collision must never hand out someone else's K/V.
             tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
-            prev = chain_hash(prev, tokens)
-            block_id = self.hash_to_block.get(prev)
             if block_id is None or self.blocks[block_id].token_ids != tokens:
                 break
             hits.append(block_id)
@@ -117,14 +124,15 @@ class BlockManager:
         """Enter the blocks that are now full and computed into the prefix cache."""
         bs = self.block_size
         full = min(seq.num_computed_tokens // bs, len(seq.block_table))
+        if full <= seq.num_hashed_blocks:
+            return
+        hashes = self._full_block_hashes(seq)
         for i in range(seq.num_hashed_blocks, full):
             block = self.blocks[seq.block_table[i]]
-            prev = self.blocks[seq.block_table[i - 1]].hash if i else NO_HASH
-            tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
-            block.hash, block.token_ids = chain_hash(prev, tokens), tokens
+            block.hash, block.token_ids = hashes[i], tuple(seq.token_ids[i * bs : (i + 1) * bs])
             # A duplicate (two identical prompts computed side by side) keeps the first entry.
             self.hash_to_block.setdefault(block.hash, block.block_id)
-        seq.num_hashed_blocks = max(seq.num_hashed_blocks, full)
+        seq.num_hashed_blocks = full
 
     # -- release ---------------------------------------------------------------------------------
 

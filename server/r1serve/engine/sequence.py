@@ -59,6 +59,9 @@ class Sequence:
     num_cached_tokens: int = 0  # prefix-cache hits at the last admission (reported, not used for logic)
     block_table: list[int] = field(default_factory=list)
     num_hashed_blocks: int = 0  # leading blocks of block_table registered in the prefix cache
+    block_hashes: list[int] = field(
+        default_factory=list
+    )  # prefix-chained hashes of its full blocks (a cache)
     arrival_time: float = field(default_factory=time.monotonic)
     num_preemptions: int = 0
 
