@@ -102,6 +102,34 @@ def test_reasoning_content_is_split_from_content_end_to_end(
     assert "".join(d.content or "" for d in deltas) == message.content
 
 
+def test_reasoning_then_answer_when_the_model_closes_think(
+    client: openai.OpenAI, model: str, live_server: ServerProcess
+) -> None:
+    """A generation that writes </think> part-way: the text before it is reasoning_content, the text
+    after it content, streamed and not. The random tiny model emits </think> only by chance, so the
+    test walks fixed seeds (deterministic per seed) until the raw completion contains it."""
+    prompt = Tokenizer(live_server.model_dir).apply_chat_template(MESSAGES, add_generation_prompt=True)
+    kw = {"model": model, "max_tokens": 200, "temperature": 1.5}
+    for seed in range(60):
+        raw = client.completions.create(prompt=prompt, seed=seed, **kw).choices[0].text
+        before, sep, after = raw.partition("</think>")
+        if sep and before.strip() and after.strip():
+            break
+    else:
+        pytest.fail("no seed in 0..59 made the tiny model close its reasoning with content after it")
+    message = client.chat.completions.create(messages=MESSAGES, seed=seed, **kw).choices[0].message
+    assert (message.model_extra["reasoning_content"], message.content) == ReasoningParser(True).parse(raw)
+    assert "</think>" not in message.content and "</think>" not in message.model_extra["reasoning_content"]
+    assert message.content.strip() == after.strip()
+    streamed = client.chat.completions.create(messages=MESSAGES, seed=seed, stream=True, **kw)
+    deltas = [c.choices[0].delta for c in streamed if c.choices]
+    assert (
+        "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas)
+        == (message.model_extra["reasoning_content"])
+    )
+    assert "".join(d.content or "" for d in deltas) == message.content
+
+
 def test_stop_string_is_not_emitted(client: openai.OpenAI, model: str) -> None:
     kw = {"model": model, "prompt": "Hello there", "max_tokens": 20, "temperature": 0, "extra_body": EXACT}
     full = client.completions.create(**kw).choices[0].text
