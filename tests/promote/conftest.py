@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from promote_git import GIT_ENV, GITOPS_TREE, Clone, git
+
+from .promote_git import GIT_ENV, GITOPS_TREE, Clone, git
 
 
 @pytest.fixture(autouse=True)

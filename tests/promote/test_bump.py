@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from promote_git import Clone
 from r1ops.image_ref import ImageRef
+
+from .promote_git import Clone
 
 DIGEST = "sha256:" + "89abcdef01234567" * 4
 

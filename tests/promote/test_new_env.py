@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from promote_git import Clone
 from r1ops.render import render_overlay, validate_rendered
+
+from .promote_git import Clone
 
 
 def _objects(clone: Clone, env: str) -> dict[str, dict]:

@@ -7,10 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
-from promote_git import Clone
 from r1ops.image_ref import ImageRef
 from r1ops.rendered_diff import print_diff
 from rich.console import Console
+
+from .promote_git import Clone
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
