@@ -102,6 +102,10 @@ def test_no_traffic_means_no_data_and_no_promotion(scenario: Factory) -> None:
         420,
         "analysis Inconclusive",
     )
+    # Held where it was for a person to decide: not promoted, not past the analysed step.
     assert st["stableRS"] == first["stableRS"]
     assert st.get("phase") == "Paused"
-    assert sc.serving(CLIENTS) == {first["stableRS"]}
+    assert "InconclusiveAnalysisRun" in [c["reason"] for c in st["pauseConditions"]]
+    steps = sc.rollout()["spec"]["strategy"]["canary"]["steps"]
+    assert st["currentStepIndex"] < len(steps)
+    assert {ps.template_hash for ps in sc.pods.ready.values()} >= {first["stableRS"]}
