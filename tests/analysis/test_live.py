@@ -37,10 +37,11 @@ def loaded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStac
     ]
     with ExitStack() as exits:
         stack = LocalStack(work, versions, Console(quiet=True)).start(exits)
-        # The degraded canary gets a double share: its queue is what the gate must see, clearly above
-        # the noise two identical servers show on a busy 2-core machine.
-        weights = {"stable": 1, "canary": 1, "degraded": 2, "idle": 0}
-        cmd = locust_command(stack, weights, 12, "90s", work / "locust", "64-128")
+        # The canary that cannot batch gets 80% of the requests: its queue is what the gate must see,
+        # far above the noise two lightly loaded identical servers show on 2 busy cores.
+        weights = {"stable": 1, "canary": 1, "degraded": 8, "idle": 0}
+        # One output length: the P99 of a healthy server then reflects the machine, not the prompt mix.
+        cmd = locust_command(stack, weights, 12, "90s", work / "locust", "96")
         with (work / "locust.log").open("wb") as log:
             locust = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         exits.callback(locust.wait, 30)
@@ -72,12 +73,18 @@ def analyse(stack: LocalStack, template: str, canary: str, **extra: str) -> tupl
 
 
 def test_canary_gates(loaded_stack: LocalStack) -> None:
-    stable_hash = loaded_stack.version("stable").hash
+    # Per-environment thresholds (template args): on 2 busy cores the P99s of two identical servers
+    # differ by up to 40%, so the defaults (1.2x + 0.25 s) would make this test flaky.
+    vs_stable = {
+        "stable-hash": loaded_stack.version("stable").hash,
+        "max-ratio": "1.5",
+        "slack-seconds": "0.5",
+    }
     cases = {
-        "healthy p99 vs stable": ("inference-p99-vs-stable", "canary", {"stable-hash": stable_hash}),
+        "healthy p99 vs stable": ("inference-p99-vs-stable", "canary", vs_stable),
         "healthy error rate": ("inference-error-rate", "canary", {}),
         "healthy p99": ("inference-p99-latency", "canary", {"p99-threshold-seconds": "30"}),
-        "degraded p99 vs stable": ("inference-p99-vs-stable", "degraded", {"stable-hash": stable_hash}),
+        "degraded p99 vs stable": ("inference-p99-vs-stable", "degraded", vs_stable),
         "idle p99": ("inference-p99-latency", "idle", {"p99-threshold-seconds": "30"}),
     }
     with ThreadPoolExecutor(len(cases)) as pool:
