@@ -366,7 +366,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--degraded-canary", action="store_true", help="the canary cannot batch: the gate must fail it"
     )
     d.add_argument("--users", type=int, default=8, help="concurrent Locust users (default 8)")
-    d.add_argument("--max-tokens", default="64-128", help="Locust's max_tokens distribution (default 64-128)")
+    d.add_argument("--max-tokens", default="96", help="Locust max_tokens distribution (default 96)")
     d.add_argument(
         "--canary-weight", type=int, default=50, help="percent of traffic to the canary (default 50)"
     )

@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from r1ops.processes import free_port
+import pytest
+from r1ops.processes import ServerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -14,7 +15,11 @@ REPO = Path(__file__).resolve().parents[2]
 def analyze(*args: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "r1ops.cli", "analyze", *args]
     return subprocess.run(
-        cmd, capture_output=True, text=True, timeout=120, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
     )
 
 
@@ -53,3 +58,20 @@ def test_unsupported_condition_is_named_before_any_query(tmp_path: Path) -> None
 def test_bad_speed_and_arg_syntax() -> None:
     assert "--speed must be > 0" in analyze(str(REPO / "rollouts"), "--speed", "0").stderr
     assert "NAME=VALUE" in analyze(str(REPO / "rollouts"), "--arg", "novalue").stderr
+
+
+@pytest.mark.slow
+def test_job_metric_runs_locust_locally_with_run_jobs(live_server: ServerProcess) -> None:
+    # inference-preview-load's Job runs `locust -f /loadtests/locustfile.py ...`; --run-jobs runs it here.
+    common = [
+        str(REPO / "rollouts"),
+        "-t",
+        "inference-preview-load",
+        "--arg",
+        f"preview-url={live_server.base_url}",
+    ]
+    skipped = analyze(*common)
+    assert skipped.returncode == 1 and "no metric runnable here" in skipped.stderr
+    out = analyze(*common, "--arg", "run-time=4s", "--arg", "users=2", "--run-jobs")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "preview-load #1/1: Successful value=exit 0" in out.stdout

@@ -7,7 +7,9 @@ scalar a float, anything else is an Error; a query or condition error is an Erro
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -22,6 +24,7 @@ from r1ops.analysis.run import Measurement, Provider
 from r1ops.analysis.spec import Metric
 
 ADDRESS_ENV = "ARGO_ROLLOUTS_PROMETHEUS_ADDRESS"
+IMAGE_DIR = "/loadtests/"  # where loadtests/Dockerfile puts the load test
 
 
 def format_sample(value: float) -> str:
@@ -92,12 +95,19 @@ class LocalJobProvider:
         self.workdir = workdir
         self.timeout = timeout
 
+    def _local(self, arg: str) -> str:
+        """The image's /loadtests/... is this repository's loadtests/ folder."""
+        return str(self.workdir / arg[len(IMAGE_DIR) :]) if arg.startswith(IMAGE_DIR) else arg
+
     def measure(self, metric: Metric) -> Measurement:
         pod = metric.provider["job"]["spec"]["template"]["spec"]
         container = pod["containers"][0]
-        argv = [*container.get("command", []), *container.get("args", [])]
+        argv = [self._local(a) for a in (*container.get("command", []), *container.get("args", []))]
         if not argv:
             return Measurement(Phase.ERROR, message="job container has no command/args to run locally")
+        # The venv's own tools first (locust), as the image has them on its PATH.
+        search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        argv[0] = shutil.which(argv[0], path=search) or argv[0]
         env = dict(os.environ)
         env.update({e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e})
         try:
