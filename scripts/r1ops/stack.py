@@ -237,12 +237,12 @@ def load_summary(csv_prefix: Path) -> Table:
 
 def cmd_demo(ns: argparse.Namespace) -> int:
     from r1ops.analysis.cli import prepare
-    from r1ops.analysis.report import measurement_printer, print_verdict
+    from r1ops.analysis.report import make_console, measurement_printer, print_verdict
     from r1ops.analysis.spec import SpecError, parse_duration
     from r1ops.cli import CommandError
 
     _terminate_on_sigterm()
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    console = make_console()
     mode = "degraded canary (max_num_seqs=1)" if ns.degraded_canary else "healthy canary"
     console.rule(f"Local canary release: {mode}")
     started = time.monotonic()

@@ -7,11 +7,9 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from rich.console import Console
-
 from r1ops.analysis.phases import Phase
 from r1ops.analysis.providers import provider_factory
-from r1ops.analysis.report import measurement_printer, print_verdict
+from r1ops.analysis.report import make_console, measurement_printer, print_verdict
 from r1ops.analysis.run import AnalysisRun, ScaledClock
 from r1ops.analysis.spec import SpecError, build_metrics, load_templates, parse_duration, render, resolve_args
 
@@ -54,7 +52,7 @@ def prepare(
 def cmd_analyze(ns: argparse.Namespace) -> int:
     from r1ops.cli import CommandError
 
-    console = Console(highlight=False)
+    console = make_console()
     try:
         if ns.speed <= 0:
             raise SpecError(f"--speed must be > 0, got {ns.speed:g}")

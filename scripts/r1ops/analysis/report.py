@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
 
@@ -18,6 +20,11 @@ STYLE = {
     Phase.RUNNING: "cyan",
     Phase.PENDING: "cyan",
 }
+
+
+def make_console() -> Console:
+    """Rich console; when piped (CI logs), wide enough for the tables instead of 80 columns."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
 def styled(phase: Phase) -> str:
