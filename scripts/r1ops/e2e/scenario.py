@@ -68,7 +68,11 @@ class Scenario:
         )
         self.manifests = self.dir / f"release-{self.versions}.yaml"
         self.manifests.write_text(dump(docs))
-        self.kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(self.manifests))
+        # Client-side apply, as Argo CD syncs these apps: its three-way merge keeps the
+        # rollouts-pod-template-hash Argo Rollouts adds to the Services' selectors. Server-side apply
+        # would replace the (atomic) selector map, and a blue-green Rollout with no active selector
+        # promotes the next version as an "initial deploy", skipping its analysis.
+        self.kubectl.run("apply", "-f", str(self.manifests))
         bind_claims(self.kubectl, self.namespace)
         return self.manifests
 
