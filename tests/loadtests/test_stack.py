@@ -73,3 +73,34 @@ def test_stack_stops_every_child(
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [p for p in pids if _alive(p)], "orphaned children"
+
+
+def test_demo_interrupted_under_load_leaves_no_orphans(cache: Path, tmp_path: Path) -> None:
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache), COLUMNS="200")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "r1ops.cli", "demo", "--out", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "locust" in line and "pid=" in line:
+                break
+        pids = [int(p) for p in re.findall(r"pid=(\d+)", "".join(lines))]
+        assert len(pids) == 4, "".join(lines)  # stable, canary, prometheus, locust
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 130, rest
+        assert "interrupted" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in pids if _alive(p)], "orphaned children"
