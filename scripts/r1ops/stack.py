@@ -13,6 +13,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,11 +46,13 @@ def tiny_model_dir() -> Path:
 
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "r1-gitops" / "tiny-model"
     if not (cache / "config.json").exists():
-        tmp = Path(tempfile.mkdtemp(prefix="tiny-", dir=cache.parent if cache.parent.exists() else None))
-        write_tiny_model(tmp)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        with suppress(OSError):  # another process won the race: use its copy
+        tmp = Path(tempfile.mkdtemp(prefix="tiny-", dir=cache.parent))  # same filesystem: rename is atomic
+        write_tiny_model(tmp)
+        try:
             tmp.rename(cache)
+        except OSError:  # another process won the race: use its copy
+            shutil.rmtree(tmp, ignore_errors=True)
     return cache
 
 
