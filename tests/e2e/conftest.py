@@ -7,6 +7,7 @@ finalizers), so a failing test leaves nothing behind but its logs under pytest's
 from __future__ import annotations
 
 import contextlib
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,7 +39,8 @@ def kubectl(cluster: Cluster) -> Kubectl:
 
 @pytest.fixture
 def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = f"t-{request.node.name[:30].lower().replace('_', '-')}-{uuid.uuid4().hex[:5]}".replace("--", "-")
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:30].strip("-")
+    name = f"t-{slug}-{uuid.uuid4().hex[:5]}"
     cluster.kubectl.run("create", "namespace", name)
     yield name
     cluster.check_alive()
