@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from r1ops.analysis.conditions import environment, eval_condition, evaluate_result
+from r1ops.analysis.conditions import check_condition, environment, eval_condition, evaluate_result
 from r1ops.analysis.expr import ExprError, UnsupportedExpression, evaluate
 from r1ops.analysis.phases import Phase
 
@@ -95,6 +95,18 @@ def test_expression_error(expression: str, result: object, message: str) -> None
 def test_unsupported_is_named(expression: str, named: str) -> None:
     with pytest.raises(UnsupportedExpression, match=named):
         evaluate(expression, environment([1.0]))
+
+
+@pytest.mark.parametrize("condition", ["sprintf('%d', 1) == '1'", "all(result, {upper(#) == 1})"])
+def test_unknown_function_is_refused_before_running(condition: str) -> None:
+    with pytest.raises(UnsupportedExpression, match=r"function (sprintf|upper)\(\) is not supported"):
+        check_condition(condition)
+
+
+def test_known_functions_pass_the_check() -> None:
+    check_condition(
+        "len(result) == 1 && !isNaN(result[0]) && default(0) <= asFloat('1') && all(result, # > 0)"
+    )
 
 
 def test_no_python_eval_escape() -> None:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from r1ops.analysis.expr import ExprError, evaluate, parse
+from r1ops.analysis.expr import (
+    BUILTINS,
+    PREDICATES,
+    ExprError,
+    UnsupportedExpression,
+    called_functions,
+    evaluate,
+    parse,
+)
 from r1ops.analysis.phases import Phase
 
 
@@ -44,6 +52,15 @@ def environment(result: Any) -> dict[str, Any]:
         "isNil": lambda: result is None,
         "default": lambda fallback: fallback if result is None else result,
     }
+
+
+def check_condition(condition: str) -> None:
+    """Parse a condition and refuse functions that neither expr nor Argo provides."""
+    unknown = called_functions(parse(condition)) - set(BUILTINS) - PREDICATES - set(environment(None))
+    if unknown:
+        raise UnsupportedExpression(
+            f"function {', '.join(sorted(unknown))}() is not supported (in {condition!r})"
+        )
 
 
 def eval_condition(result: Any, condition: str) -> bool:

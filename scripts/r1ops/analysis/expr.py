@@ -513,6 +513,21 @@ def _call(name: str, arg_nodes: list[Node], scope: _Scope) -> Any:
         raise ExprError(f"{name}(): {exc}") from None
 
 
+def called_functions(node: Node) -> set[str]:
+    """Names of the functions an expression calls (to refuse unknown ones before running it)."""
+    found: set[str] = set()
+    stack: list[Any] = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, tuple) and item:
+            if item[0] == "call":
+                found.add(item[1])
+            stack.extend(item[1:])
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
 def evaluate(node_or_text: Node | str, env: Mapping[str, Any]) -> Any:
     node = parse(node_or_text) if isinstance(node_or_text, str) else node_or_text
     return _eval(node, _Scope(env))

@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from r1ops.analysis.expr import ExprError, parse
+from r1ops.analysis.conditions import check_condition
+from r1ops.analysis.expr import ExprError
 
 TEMPLATE_KINDS = ("AnalysisTemplate", "ClusterAnalysisTemplate")
 _PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
@@ -213,7 +214,7 @@ def validate_metric(m: Metric) -> None:
     ):
         if condition:
             try:
-                parse(condition)  # Argo would fail every measurement on it; say so before querying
+                check_condition(condition)  # Argo would fail every measurement on it: say so up front
             except ExprError as exc:
                 raise SpecError(f"metric {m.name!r}: {field}: {exc}") from None
     if m.consecutive_success_limit:
