@@ -300,6 +300,11 @@ def cmd_demo(ns: argparse.Namespace) -> int:
         if ns.out:
             (workdir / "analysis.json").write_text(json.dumps(to_json(run), indent=2))
         expected = Phase.FAILED if ns.degraded_canary else Phase.SUCCESSFUL
+        if run.timed_out and run.unfinished():
+            console.print(
+                f"[red]the analysis ran out of time before {', '.join(run.unfinished())} finished[/]"
+            )
+            return 1
         if run.phase != expected:
             console.print(f"[red]unexpected: the {mode} should end {expected}[/]")
             return 1

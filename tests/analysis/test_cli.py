@@ -75,3 +75,12 @@ def test_job_metric_runs_locust_locally_with_run_jobs(live_server: ServerProcess
     out = analyze(*common, "--arg", "run-time=4s", "--arg", "users=2", "--run-jobs")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "preview-load #1/1: Successful value=exit 0" in out.stdout
+
+
+def test_time_budget_is_not_a_pass() -> None:
+    out = analyze(
+        str(REPO / "rollouts"), "-t", "inference-error-rate", "--max-duration", "1ms",
+        "--arg", "namespace=x", "--arg", "canary-hash=y", "--arg", f"prometheus-address=http://127.0.0.1:{free_port()}",
+    )  # fmt: skip
+    assert out.returncode == 4, out.stdout
+    assert "not a verdict" in out.stdout

@@ -157,3 +157,12 @@ def test_indefinite_metric_is_terminated_by_the_time_budget() -> None:
     run = AnalysisRun([metric(interval="10s")], lambda _: script, set(), clock)
     assert run.run(max_duration=35) == S  # Argo: a terminated run with good measurements succeeds
     assert script.times == [0, 10, 20, 30]
+
+
+def test_time_budget_before_count_is_flagged() -> None:
+    # Argo's terminate rule makes this Successful; the dry run must not pass it off as a verdict.
+    clock = FakeClock()
+    script = Script(clock, [S])
+    run = AnalysisRun([metric(interval="10s", count=10)], lambda _: script, set(), clock)
+    assert run.run(max_duration=25) == S
+    assert run.timed_out and run.unfinished() == ["m"]

@@ -71,6 +71,14 @@ def cmd_analyze(ns: argparse.Namespace) -> int:
     print_verdict(console, run)
     if ns.json:
         Path(ns.json).write_text(json.dumps(to_json(run), indent=2))
+    short = run.unfinished() if run.timed_out else []
+    if short:
+        # Argo calls a terminated run Successful; here the budget ran out, which proves nothing.
+        console.print(
+            f"[yellow]--max-duration {ns.max_duration} ended the run before {', '.join(short)} "
+            "reached its count: not a verdict (exit 4)[/]"
+        )
+        return EXIT_CODES[Phase.INCONCLUSIVE]
     return EXIT_CODES.get(run.phase, 3)
 
 

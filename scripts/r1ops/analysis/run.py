@@ -123,6 +123,7 @@ class AnalysisRun:
         self.message = ""
         self.started_at: float | None = None
         self.terminate = False  # spec.terminate: set when the dry run's time budget runs out
+        self.timed_out = False
 
     # --- Argo's reconcile loop -------------------------------------------------------------
 
@@ -223,6 +224,18 @@ class AnalysisRun:
             return Phase.RUNNING
         return worst
 
+    def unfinished(self) -> list[str]:
+        """Metrics that gate the run but stopped short of their count (the run was terminated)."""
+        out = []
+        for metric in self.metrics:
+            result = self.results.get(metric.name)
+            count = metric.effective_count
+            if metric.name in self.dry_run or (result and result.phase == Phase.SKIPPED) or count is None:
+                continue
+            if result is None or result.count < count:
+                out.append(metric.name)
+        return out
+
     def next_time(self) -> float | None:
         """Argo's calculateNextReconcileTime: the earliest moment a metric is due."""
         due: list[float] = []
@@ -255,7 +268,7 @@ class AnalysisRun:
         start = self.clock.now()
         while True:
             if max_duration is not None and self.clock.now() - start >= max_duration:
-                self.terminate = True
+                self.terminate = self.timed_out = True
             phase = self.reconcile()
             if phase.completed:
                 return phase
