@@ -94,7 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "analyze",
         help="Argo Rollouts analysis dry run against a live Prometheus",
-        description=__doc__ + " Exit code: 0 Successful, 2 Failed, 3 Error, 4 Inconclusive, 1 bad input.",
+        description=f"{__doc__} Exit code: 0 Successful, 2 Failed, 3 Error, 4 Inconclusive or out of time, "
+        "1 bad input.",
     )
     p.add_argument("source", nargs="?", default=str(REPO / "rollouts"), help="kustomize dir or YAML file")
     p.add_argument("-t", "--template", action="append", help="only this AnalysisTemplate (repeatable)")
