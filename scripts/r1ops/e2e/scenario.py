@@ -126,7 +126,11 @@ class Scenario:
         return sorted(runs, key=lambda r: r["metadata"]["creationTimestamp"])
 
     def describe_analysis(self) -> str:
-        lines = []
+        """The AnalysisRuns' measurements and who each Service sends traffic to (for failures)."""
+        lines = [
+            f"Service {s['metadata']['name']} -> pods of {sorted(self.serving(s['metadata']['name']))}"
+            for s in self.kubectl.items("services", self.namespace)
+        ]
         for run in self.analysis_runs():
             st = run.get("status", {})
             lines.append(f"AnalysisRun {run['metadata']['name']}: {st.get('phase')} {st.get('message', '')}")
