@@ -1,5 +1,5 @@
-// Wrapper module: builds etcd, kube-apiserver, kube-controller-manager and kube-scheduler from
-// upstream modules. k8s.io/kubernetes requires its staging modules at v0.0.0 with replaces that
+// Wrapper module: builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl
+// from upstream modules. k8s.io/kubernetes requires its staging modules at v0.0.0 with replaces that
 // point into its own tree; as a dependency those replaces do not apply, so each one is replaced
 // here with the published release of the same minor (the standard way to depend on it).
 module github.com/r1-gitops/e2e/controlplane
