@@ -22,7 +22,7 @@ Factory = Callable[[str], Scenario]
 pytestmark = pytest.mark.e2e
 
 CLIENTS = "deepseek-r1"  # what clients call (base/service.yaml)
-SERVICES = (CLIENTS, "deepseek-r1-canary")
+SERVICES = (CLIENTS, "deepseek-r1-stable", "deepseek-r1-canary")
 # Every completion 6 s late: a P99 twice the gate, whatever the load on the machine.
 SLOW = {"R1SERVE_TEST_DELAY_SECONDS": "6"}
 

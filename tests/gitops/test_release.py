@@ -146,4 +146,7 @@ def test_gateway_api_component_composes_with_canary(stack_copy: Path) -> None:
     plugin = {"httpRoute": "deepseek-r1", "namespace": "ai-inference-staging"}
     assert routing == {"plugins": {"argoproj-labs/gatewayAPI": plugin}}
     backends = find(objs, "HTTPRoute")["spec"]["rules"][0]["backendRefs"]
-    assert [(b["name"], b["weight"]) for b in backends] == [("deepseek-r1", 100), ("deepseek-r1-canary", 0)]
+    assert [(b["name"], b["weight"]) for b in backends] == [
+        ("deepseek-r1-stable", 100),
+        ("deepseek-r1-canary", 0),
+    ]
