@@ -1,4 +1,4 @@
-"""`r1ops`: the operator's command line. Each subcommand lives in its own module with `register()`."""
+"""`r1ops`: the operator's CLI: render/validate, promote/bump/new-env, analyze, stack/demo, preflight."""
 
 from __future__ import annotations
 
@@ -25,13 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="r1ops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and name.startswith(exc.name):  # that area is not built yet
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
