@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,41 +21,20 @@ from r1ops.e2e.kubectl import Kubectl
 from r1ops.e2e.load import LOCUSTFILE, endpoint_pods
 from r1ops.e2e.pod_servers import PodServers
 from r1ops.e2e.procs import Proc
+from r1ops.e2e.reconciler import ProcessReconciler
 
 _SERVICE_URL = re.compile(r"^http://([a-z0-9-]+)(?::\d+)?/?$")
 
 
-class LocustJobPods:
+class LocustJobPods(ProcessReconciler):
+    thread_name = "job-pods"
+
     def __init__(self, kubectl: Kubectl, namespace: str, pods: PodServers, logdir: Path) -> None:
         self.kubectl = kubectl
         self.namespace = namespace
         self.pods = pods
-        self.logdir = logdir
-        self.running: dict[str, Proc] = {}
+        super().__init__(logdir)
         self.finished: dict[str, int] = {}
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="job-pods", daemon=True)
-
-    def __enter__(self) -> LocustJobPods:
-        self.logdir.mkdir(parents=True, exist_ok=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-        for proc in self.running.values():
-            proc.stop()
-        self.running.clear()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.reconcile()
-            except Exception as exc:
-                self.errors.append(str(exc))
-            self._stop.wait(1.0)
 
     def reconcile(self) -> None:
         for pod in self.kubectl.items("pods", self.namespace):

@@ -9,12 +9,12 @@ without traffic routing splits load between stable and canary pods (by replica c
 from __future__ import annotations
 
 import sys
-import threading
 from pathlib import Path
 
 from r1ops.e2e.kubectl import Kubectl
 from r1ops.e2e.pod_servers import PodServers
 from r1ops.e2e.procs import Proc
+from r1ops.e2e.reconciler import ProcessReconciler
 
 REPO = Path(__file__).resolve().parents[3]
 LOCUSTFILE = REPO / "loadtests" / "locustfile.py"
@@ -31,8 +31,10 @@ def endpoint_pods(kubectl: Kubectl, namespace: str, service: str) -> set[str]:
     }
 
 
-class ServiceLoad:
+class ServiceLoad(ProcessReconciler):
     """Locust against the endpoints of `services`, `users` concurrent users per endpoint."""
+
+    thread_name = "service-load"
 
     def __init__(
         self,
@@ -48,36 +50,15 @@ class ServiceLoad:
         self.namespace = namespace
         self.services = services
         self.pods = pods
-        self.logdir = logdir
+        super().__init__(logdir)
         self.users = users
         self.locustfile = locustfile
-        self.running: dict[str, Proc] = {}
         self.served: set[str] = set()
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="service-load", daemon=True)
 
     def __enter__(self) -> ServiceLoad:
         if not self.locustfile.is_file():
             raise FileNotFoundError(f"locustfile {self.locustfile} not found")
-        self.logdir.mkdir(parents=True, exist_ok=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-        for proc in self.running.values():
-            proc.stop()
-        self.running.clear()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.reconcile()
-            except Exception as exc:
-                self.errors.append(str(exc))
-            self._stop.wait(1.0)
+        return super().__enter__()
 
     def reconcile(self) -> None:
         pods: set[str] = set()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from r1ops.e2e.kubectl import Kubectl
 from r1ops.e2e.prometheus import Prometheus
+from r1ops.e2e.reconciler import Reconciler
 from r1ops.processes import ServerProcess
 
 HASH_LABEL = "rollouts-pod-template-hash"
@@ -64,8 +65,10 @@ class PodServer:
         return self.server.base_url
 
 
-class PodServers:
+class PodServers(Reconciler):
     """Keep one ready `r1serve` per Ready pod matching `selector`; run as a context manager."""
+
+    thread_name = "pod-servers"
 
     def __init__(
         self,
@@ -80,26 +83,16 @@ class PodServers:
         self.namespace = namespace
         self.model_dir = model_dir
         self.prometheus = prometheus
-        self.logdir = logdir
+        super().__init__(logdir)
         self.selector = selector
         self.ready: dict[str, PodServer] = {}
         self._starting: set[str] = set()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pod-server")
-        self._thread = threading.Thread(target=self._loop, name="pod-servers", daemon=True)
-        self.errors: list[str] = []
         self.history: list[PodServer] = []
         self._retired: list[PodServer] = []
 
-    def __enter__(self) -> PodServers:
-        self.logdir.mkdir(parents=True, exist_ok=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+    def shutdown(self) -> None:
         self._pool.shutdown(wait=True)
         with self._lock:
             servers, self.ready = [*self.ready.values(), *self._retired], {}
@@ -132,14 +125,6 @@ class PodServers:
         finally:
             with self._lock:
                 self._starting.discard(name)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.reconcile()
-            except Exception as exc:
-                self.errors.append(f"reconcile: {exc}")
-            self._stop.wait(1.0)
 
     def reconcile(self) -> None:
         pods = {p["metadata"]["name"]: p for p in self.kubectl.items("pods", self.namespace, self.selector)}
