@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from r1ops.e2e.cluster import Cluster
+from r1ops.e2e.gpu_platform import GPU_DAEMONSETS, daemonset
 from r1ops.e2e.kubectl import Kubectl
 
 pytestmark = pytest.mark.e2e
@@ -41,20 +42,6 @@ apiVersion: argoproj.io/v1alpha1
 kind: AppProject
 metadata: {name: r1-platform, namespace: argocd}
 spec: {}
-"""
-
-GPU_DAEMONSETS = ("nvidia-device-plugin-daemonset", "nvidia-dcgm-exporter")
-DAEMONSET = """
-apiVersion: apps/v1
-kind: DaemonSet
-metadata: {{name: {name}, namespace: gpu-operator}}
-spec:
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      nodeSelector: {{nvidia.com/gpu.present: "true"}}
-      containers: [{{name: main, image: "registry.example/{name}:1"}}]
 """
 
 QUOTA = """
@@ -96,15 +83,12 @@ def _quota_seen(kubectl: Kubectl, gpus: str) -> bool:
 
 
 def test_preflight_on_a_real_api_server(cluster: Cluster, kubectl: Kubectl) -> None:
-    daemonsets = [
-        DAEMONSET.format(name=n) for n in ("nvidia-device-plugin-daemonset", "nvidia-dcgm-exporter")
-    ]
     try:
         kubectl.apply(PLATFORM)
-        for manifest in daemonsets:
-            kubectl.apply(manifest)
+        for name in GPU_DAEMONSETS:
+            kubectl.apply(daemonset(name))
         kubectl.apply(QUOTA.format(gpus=8))
-        for name in ("nvidia-device-plugin-daemonset", "nvidia-dcgm-exporter"):
+        for name in GPU_DAEMONSETS:
             kubectl.wait_for(lambda n=name: _ready(kubectl, n), 120, f"DaemonSet {name} ready")
         kubectl.wait_for(lambda: _quota_seen(kubectl, "8"), 60, "quota status")
 
