@@ -5,8 +5,9 @@ sequence's tokens live in the blocks its block table lists, token `p` at slot
 `block_table[p // block_size] * block_size + p % block_size`. Tokens of all sequences in a step are
 packed into one ragged batch `[num_tokens, heads, head_dim]`.
 
-`store_kv` and `paged_attention` are the only two functions that touch the cache layout, so a fast
-GPU kernel can replace them; the plain PyTorch versions here are the reference.
+`store_kv` and `paged_attention` are the only two functions that touch the cache layout. On CUDA
+`paged_attention` runs the Triton kernel (`triton_attention`); `reference_paged_attention`, plain
+PyTorch, is what the CPU runs and what the kernel is tested against.
 """
 
 from __future__ import annotations
@@ -66,12 +67,25 @@ def paged_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata
 ) -> torch.Tensor:
     """Causal GQA attention of the packed queries `[num_tokens, heads, head_dim]` over each sequence's
-    cached context (which already holds this step's K/V); returns `[num_tokens, heads, head_dim]`."""
-    _, num_heads, head_dim = q.shape
-    if meta.max_query_len == 1 and triton_attention.supports(q):
+    cached context (which already holds this step's K/V); returns `[num_tokens, heads, head_dim]`.
+    CUDA runs the Triton kernel (its decode form for pure decode steps), the CPU the reference."""
+    if not triton_attention.supports(q):
+        return reference_paged_attention(q, k_cache, v_cache, meta)
+    if meta.max_query_len == 1:
         return triton_attention.paged_decode_attention(
             q, k_cache, v_cache, meta.block_tables, meta.context_lens
         )
+    return triton_attention.paged_varlen_attention(
+        q, k_cache, v_cache, meta.block_tables, meta.cu_seqlens_q, meta.start_pos, meta.max_query_len
+    )
+
+
+def reference_paged_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata
+) -> torch.Tensor:
+    """`paged_attention` in plain PyTorch: every sequence padded to max_query_len, its context gathered
+    through the block table and expanded to all query heads, masked SDPA."""
+    _, num_heads, head_dim = q.shape
     batch = meta.block_tables.shape[0]
     padded_index, mask = meta.reference_layout
 

@@ -1,14 +1,29 @@
-"""Decode attention over the paged KV cache as one Triton kernel (the GPU fast path).
+"""Paged attention as one Triton kernel (the GPU fast path), for decode, prefill and mixed steps.
 
-A decode step has one query token per sequence. One program handles one (sequence, KV head) pair and
-all the query heads that share that KV head (GQA), streaming the sequence's cached K/V through its
-block table with an online softmax, so each K/V byte is read once. Loop bounds come from the
-`context_lens` tensor, not from Python, so the kernel can be captured in a CUDA graph.
+A program takes BLOCK_Q query tokens of one sequence times the GQA group of query heads that share
+one KV head: its `BLOCK_Q * GROUP_PAD` rows (token-major) form the M side of each `tl.dot`, so every
+K/V tile is read once per group, not once per query head. It streams the sequence's cache through
+its block table with an online softmax up to the causal limit of its last query token: first the
+blocks that every row sees whole, without masks, then the few that straddle the diagonal, masked
+per row (flash-attention's split; the rows and the sequence search follow vLLM's "unified attention").
 
-`attention.paged_attention` (plain PyTorch) stays the reference; the GPU tests compare against it.
+Two specialisations of the same kernel:
+- decode (`paged_decode_attention`, one token per sequence): one program per (sequence, KV head);
+  everything it needs comes from `context_lens` and the block table, so the loop bounds are tensors
+  and the step can be captured in a CUDA graph.
+- varlen (`paged_varlen_attention`, any query lengths): query tiles of all sequences are numbered
+  as if each sequence's tiles started at `cu_seqlens_q[i] // BLOCK_Q + i`, which over-counts by at
+  most one tile per sequence; the grid covers `num_tokens // BLOCK_Q + batch` tiles and each
+  program finds its sequence by binary search over `cu_seqlens_q` (surplus ones return at once).
+  No host round trip, so a step with prompt chunks syncs the GPU no more than the decode step does.
+
+`attention.reference_paged_attention` (plain PyTorch) is the reference the tests compare against.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 
@@ -18,24 +33,120 @@ try:
 except ImportError:  # CPU-only installs: the reference path is used
     triton = None
 
+LOG2E = math.log2(math.e)
+
 
 def supports(q: torch.Tensor) -> bool:
-    """The kernel runs on CUDA tensors whose head_dim is a power of two (tl.arange needs one)."""
+    """The kernel runs on CUDA tensors whose head_dim is a power of two (tl.arange needs one) and
+    contiguous within a head (the caches are contiguous: ModelRunner allocates them)."""
     head_dim = q.shape[-1]
-    return triton is not None and q.is_cuda and head_dim >= 16 and head_dim & (head_dim - 1) == 0
+    power_of_two = head_dim >= 16 and head_dim & (head_dim - 1) == 0
+    return triton is not None and q.is_cuda and power_of_two and q.stride(-1) == 1
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Launch shape of the kernel; `for_step` picks the varlen one, the microbenchmark sweeps others."""
+
+    block_q: int  # query tokens per program
+    block_n: int = 64  # cache tokens per inner step
+    num_warps: int = 4
+    num_stages: int = 3
+
+    @staticmethod
+    def for_step(max_query_len: int, group: int, head_dim: int) -> TileConfig:
+        # ~128 rows per program for long prompts (flash-attention's BLOCK_M); fewer tokens when every
+        # sequence is short, since rows past a sequence's end are computed and dropped. tl.dot needs
+        # M >= 16.
+        group_pad = triton.next_power_of_2(group)
+        block_q = min(triton.next_power_of_2(max_query_len), max(1, 128 // group_pad))
+        block_q = max(block_q, triton.cdiv(16, group_pad))
+        rows = block_q * group_pad
+        return TileConfig(block_q=block_q, num_warps=8 if rows * head_dim >= 128 * 128 else 4)
 
 
 if triton is not None:
 
     @triton.jit
-    def _decode_kernel(
+    def _attend(
+        acc,
+        l_i,
+        m_i,
+        q,
+        q_pos,
+        k_ptr,
+        v_ptr,
+        table_ptr,
+        kv_head,
+        kv_start,
+        kv_end,
+        qk_scale,
+        NUM_KV_HEADS: tl.constexpr,
+        HEAD_DIM: tl.constexpr,
+        PAGE: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        DOT_PRECISION: tl.constexpr,
+        MASKED: tl.constexpr,
+    ):
+        """Online softmax of the rows `q` [M, HEAD_DIM] over cache positions kv_start..kv_end of one
+        sequence (table_ptr: its block table row). MASKED: row r sees position t only if
+        t <= q_pos[r] (and t < kv_end); unmasked, the caller guarantees every row sees every position."""
+        d = tl.arange(0, HEAD_DIM)
+        slot_stride = NUM_KV_HEADS * HEAD_DIM
+        for start in range(kv_start, kv_end, BLOCK_N):
+            t = start + tl.arange(0, BLOCK_N)
+            if MASKED:
+                valid = t < kv_end
+                page = tl.load(table_ptr + t // PAGE, mask=valid, other=0)
+            else:
+                page = tl.load(table_ptr + t // PAGE)
+            slot = page.to(tl.int64) * PAGE + t % PAGE
+            kv_offsets = slot[:, None] * slot_stride + kv_head * HEAD_DIM + d[None, :]
+            if MASKED:
+                k = tl.load(k_ptr + kv_offsets, mask=valid[:, None], other=0.0)
+                v = tl.load(v_ptr + kv_offsets, mask=valid[:, None], other=0.0)
+            else:
+                k = tl.load(k_ptr + kv_offsets)
+                v = tl.load(v_ptr + kv_offsets)
+            # scores in log2 units: exp2 is one instruction, exp is two
+            scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+            if MASKED:
+                # q_pos < kv_end for every row that is kept, so this also drops t >= kv_end
+                scores = tl.where(t[None, :] <= q_pos[:, None], scores, float("-inf"))
+            # every row sees position 0 in the first block, so m_new is finite from then on
+            m_new = tl.maximum(m_i, tl.max(scores, 1))
+            p = tl.math.exp2(scores - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            m_i = m_new
+        return acc, l_i, m_i
+
+    @triton.jit
+    def _find_sequence(cu_seqlens_ptr, tile, batch, BLOCK_Q: tl.constexpr):
+        """The sequence i whose tiles start at or before `tile`: largest i with
+        cu_seqlens[i] // BLOCK_Q + i <= tile (that start is strictly increasing in i)."""
+        lo = 0
+        hi = batch
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if tl.load(cu_seqlens_ptr + mid) // BLOCK_Q + mid <= tile:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo - 1
+
+    @triton.jit
+    def _paged_attention_kernel(
         q_ptr,
         k_ptr,
         v_ptr,
         out_ptr,
         block_tables_ptr,
-        context_lens_ptr,
-        scale,
+        cu_seqlens_ptr,
+        pos_ptr,  # varlen: start_pos; decode: context_lens
+        batch,
+        qk_scale,
         stride_q_tok,
         stride_q_head,
         stride_o_tok,
@@ -46,48 +157,111 @@ if triton is not None:
         GROUP_PAD: tl.constexpr,
         HEAD_DIM: tl.constexpr,
         PAGE: tl.constexpr,
+        BLOCK_Q: tl.constexpr,
         BLOCK_N: tl.constexpr,
         DOT_PRECISION: tl.constexpr,
+        DECODE: tl.constexpr,
     ):
-        seq = tl.program_id(0)
         kv_head = tl.program_id(1)
-        context_len = tl.load(context_lens_ptr + seq)
+        if DECODE:
+            # one token per sequence, the last of its context; cu_seqlens is not read
+            seq = tl.program_id(0)
+            q_start = seq
+            q_len = 1
+            tile_start = 0
+            start_pos = tl.load(pos_ptr + seq) - 1
+        else:
+            # in reverse, so the heaviest tiles (a prompt's last ones) start first and the light ones
+            # fill in behind them rather than leaving a long tail
+            tile = tl.num_programs(0) - 1 - tl.program_id(0)
+            seq = _find_sequence(cu_seqlens_ptr, tile, batch, BLOCK_Q)
+            q_start = tl.load(cu_seqlens_ptr + seq)
+            q_len = tl.load(cu_seqlens_ptr + seq + 1) - q_start
+            tile_start = (tile - (q_start // BLOCK_Q + seq)) * BLOCK_Q
+            start_pos = tl.load(pos_ptr + seq)
+        if tile_start < q_len:
+            rows = tl.arange(0, BLOCK_Q * GROUP_PAD)
+            token = tile_start + rows // GROUP_PAD  # index in the sequence's query tokens
+            g = rows % GROUP_PAD
+            row_mask = (token < q_len) & (g < GROUP)
+            head = kv_head * GROUP + g
+            d = tl.arange(0, HEAD_DIM)
+            q_row = (q_start + token).to(tl.int64) * stride_q_tok + head * stride_q_head
+            q = tl.load(q_ptr + q_row[:, None] + d[None, :], mask=row_mask[:, None], other=0.0)
 
-        g = tl.arange(0, GROUP_PAD)
-        d = tl.arange(0, HEAD_DIM)
-        heads = kv_head * GROUP + g
-        q_mask = g[:, None] < GROUP
-        q = tl.load(
-            q_ptr + seq * stride_q_tok + heads[:, None] * stride_q_head + d[None, :], mask=q_mask, other=0.0
-        )
+            q_pos = start_pos + token
+            # the first row's causal limit bounds the blocks every row sees whole; the last row's
+            # bounds the whole loop
+            full_end = (start_pos + tile_start + 1) // BLOCK_N * BLOCK_N
+            kv_end = start_pos + tl.minimum(tile_start + BLOCK_Q, q_len)
+            m_i = tl.full([BLOCK_Q * GROUP_PAD], float("-inf"), tl.float32)
+            l_i = tl.zeros([BLOCK_Q * GROUP_PAD], tl.float32)
+            acc = tl.zeros([BLOCK_Q * GROUP_PAD, HEAD_DIM], tl.float32)
+            table_ptr = block_tables_ptr + seq * stride_bt
+            acc, l_i, m_i = _attend(
+                acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, table_ptr, kv_head, 0, full_end, qk_scale,
+                NUM_KV_HEADS, HEAD_DIM, PAGE, BLOCK_N, DOT_PRECISION, MASKED=False,
+            )  # fmt: skip
+            acc, l_i, m_i = _attend(
+                acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, table_ptr, kv_head, full_end, kv_end, qk_scale,
+                NUM_KV_HEADS, HEAD_DIM, PAGE, BLOCK_N, DOT_PRECISION, MASKED=True,
+            )  # fmt: skip
 
-        m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-        l_i = tl.zeros([GROUP_PAD], tl.float32)
-        acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
-        slot_stride = NUM_KV_HEADS * HEAD_DIM
-        for start in range(0, context_len, BLOCK_N):
-            t = start + tl.arange(0, BLOCK_N)
-            valid = t < context_len
-            page = tl.load(block_tables_ptr + seq * stride_bt + t // PAGE, mask=valid, other=0)
-            slot = page.to(tl.int64) * PAGE + t % PAGE
-            kv_offsets = slot[:, None] * slot_stride + kv_head * HEAD_DIM + d[None, :]
-            k = tl.load(k_ptr + kv_offsets, mask=valid[:, None], other=0.0)
-            scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
-            scores = tl.where(valid[None, :], scores, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(scores, 1))
-            p = tl.exp(scores - m_new[:, None])
-            alpha = tl.exp(m_i - m_new)
-            v = tl.load(v_ptr + kv_offsets, mask=valid[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            m_i = m_new
+            out = acc / l_i[:, None]
+            o_row = (q_start + token).to(tl.int64) * stride_o_tok + head * stride_o_head
+            tl.store(
+                out_ptr + o_row[:, None] + d[None, :],
+                out.to(out_ptr.dtype.element_ty),
+                mask=row_mask[:, None],
+            )
 
-        out = acc / l_i[:, None]
-        tl.store(
-            out_ptr + seq * stride_o_tok + heads[:, None] * stride_o_head + d[None, :],
-            out.to(out_ptr.dtype.element_ty),
-            mask=q_mask,
-        )
+
+def _launch(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor | None,
+    positions: torch.Tensor,
+    grid_tiles: int,
+    tile: TileConfig,
+    group_pad: int,
+) -> torch.Tensor:
+    """The decode form when cu_seqlens_q is None (positions: context_lens), else the varlen form
+    (positions: start_pos)."""
+    _, num_heads, head_dim = q.shape
+    _, page, num_kv_heads, _ = k_cache.shape
+    decode = cu_seqlens_q is None
+    out = torch.empty_like(q)
+    _paged_attention_kernel[(grid_tiles, num_kv_heads)](
+        q,
+        k_cache,
+        v_cache,
+        out,
+        block_tables,
+        positions if decode else cu_seqlens_q,  # a pointer the decode form does not read
+        positions,
+        block_tables.shape[0],
+        head_dim**-0.5 * LOG2E,
+        q.stride(0),
+        q.stride(1),
+        out.stride(0),
+        out.stride(1),
+        block_tables.stride(0),
+        NUM_KV_HEADS=num_kv_heads,
+        GROUP=num_heads // num_kv_heads,
+        GROUP_PAD=group_pad,
+        HEAD_DIM=head_dim,
+        PAGE=page,
+        BLOCK_Q=tile.block_q,
+        BLOCK_N=tile.block_n,
+        # float32 caches (tests, parity runs) get exact float32 products rather than TF32's 10-bit mantissa
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DECODE=decode,
+        num_warps=tile.num_warps,
+        num_stages=tile.num_stages,
+    )
+    return out
 
 
 def paged_decode_attention(
@@ -97,31 +271,33 @@ def paged_decode_attention(
     block_tables: torch.Tensor,
     context_lens: torch.Tensor,
 ) -> torch.Tensor:
-    """q `[batch, heads, head_dim]` (one token per sequence); caches `[blocks, page, kv_heads, head_dim]`."""
-    batch, num_heads, head_dim = q.shape
-    _, page, num_kv_heads, _ = k_cache.shape
-    group = num_heads // num_kv_heads
-    out = torch.empty_like(q)
-    _decode_kernel[(batch, num_kv_heads)](
-        q,
-        k_cache,
-        v_cache,
-        out,
-        block_tables,
-        context_lens,
-        head_dim**-0.5,
-        q.stride(0),
-        q.stride(1),
-        out.stride(0),
-        out.stride(1),
-        block_tables.stride(0),
-        NUM_KV_HEADS=num_kv_heads,
-        GROUP=group,
-        GROUP_PAD=max(16, triton.next_power_of_2(group)),
-        HEAD_DIM=head_dim,
-        PAGE=page,
-        BLOCK_N=64,
-        # float32 caches (tests, parity runs) get exact float32 products rather than TF32's 10-bit mantissa
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-    )
-    return out
+    """q `[batch, heads, head_dim]` (one token per sequence, the last of its context); caches
+    `[blocks, page, kv_heads, head_dim]`. Safe to capture in a CUDA graph."""
+    batch, num_heads, _ = q.shape
+    group = num_heads // k_cache.shape[2]
+    tile = TileConfig(block_q=1, block_n=64, num_warps=4, num_stages=3)  # the launch defaults
+    # tl.dot needs M >= 16: the group's heads are padded to 16 rows
+    group_pad = max(16, triton.next_power_of_2(group))
+    return _launch(q, k_cache, v_cache, block_tables, None, context_lens, batch, tile, group_pad)
+
+
+def paged_varlen_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    start_pos: torch.Tensor,
+    max_query_len: int,
+    tile: TileConfig | None = None,
+) -> torch.Tensor:
+    """q `[num_tokens, heads, head_dim]` packed by `cu_seqlens_q`; token j of sequence i sits at
+    position start_pos[i] + j and sees cache positions 0..start_pos[i] + j. Caches
+    `[blocks, page, kv_heads, head_dim]` already hold this step's K/V. `tile` overrides the launch
+    shape (the microbenchmark sweeps it); its `block_q * next_power_of_2(group)` must be >= 16."""
+    num_tokens, num_heads, head_dim = q.shape
+    group = num_heads // k_cache.shape[2]
+    tile = tile or TileConfig.for_step(max_query_len, group, head_dim)
+    group_pad = triton.next_power_of_2(group)
+    grid_tiles = num_tokens // tile.block_q + block_tables.shape[0]
+    return _launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, start_pos, grid_tiles, tile, group_pad)
