@@ -35,7 +35,6 @@ from r1serve.model.triton_attention import TileConfig, paged_decode_attention, p
 from rich.console import Console
 from rich.table import Table
 
-from bench.hardware import _time_ms
 from bench.shapes import SHAPES
 
 PAGE = 16
@@ -129,6 +128,31 @@ def sweep_tiles(heads: int, kv_heads: int) -> list[TileConfig]:
     ]
 
 
+def gpu_ms(fn: Callable[[], torch.Tensor], iters: int) -> tuple[float, str]:
+    """GPU milliseconds of one call, and how they were taken: `iters` calls captured in one CUDA
+    graph and replayed, so the Python launch cost is not counted (captured decode steps do not pay
+    it, and it would swamp a small kernel); a path that cannot be captured runs back to back."""
+    for _ in range(3):  # warm-up: compilation, autotuning caches, allocator
+        fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            for _ in range(iters):
+                fn()
+        run, how = graph.replay, "graph"
+    except RuntimeError:
+        torch.cuda.synchronize()
+        run, how = (lambda: [fn() for _ in range(iters)]), "eager"
+    run()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    run()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / iters, how
+
+
 def tile_label(t: TileConfig) -> str:
     return f"block_q {t.block_q}, block_n {t.block_n}, {t.num_warps} warps, {t.num_stages} stages"
 
@@ -143,20 +167,22 @@ def load_module(path: Path):
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.attention")
     ap.add_argument("--shape", default="1.5b,7b", help=f"comma list of {sorted(SHAPES)}")
-    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--iters", type=int, default=20, help="calls per timing (one CUDA graph)")
     ap.add_argument("--sweep", action="store_true", help="also time other varlen launch shapes")
     ap.add_argument("--baseline-decode", type=Path, help="a triton_attention.py to time on the decode case")
     args = ap.parse_args()
     baseline = load_module(args.baseline_decode) if args.baseline_decode else None
     table = Table(title=f"paged attention, one layer, bf16, {torch.cuda.get_device_name()}")
-    for col in ("shape", "case", "path", "ms/call (layer)", "ms/step", "x reference", "rel. error"):
-        table.add_column(col, justify="left" if col in ("shape", "case", "path") else "right")
+    columns = ("shape", "case", "path", "ms/call (layer)", "ms/step", "x reference", "rel. error", "timed")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("shape", "case", "path", "timed") else "right")
 
     for shape in args.shape.split(","):
         cfg = SHAPES[shape]
         heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
         head_dim, layers = cfg["hidden_size"] // heads, cfg["num_hidden_layers"]
         for name, seqs in cases(random.Random(0)).items():
+            console.log(f"{shape}: {name}")
             step = random_step(seqs, heads, kv_heads, head_dim, torch.bfloat16, "cuda")
             m = step.meta
             _ = m.reference_layout  # built once per step in the server
@@ -177,15 +203,14 @@ def main() -> None:
             ref_ms = None
             for label, fn in paths.items():
                 try:
-                    ms = _time_ms(fn, iters=args.iters)
+                    ms, how = gpu_ms(fn, args.iters)
                     rel = float((fn().float() - want).norm() / want.norm())
                 except Exception as e:  # a swept shape that does not compile (shared memory)
-                    table.add_row(shape, name, label, type(e).__name__, "", "", "")
+                    table.add_row(shape, name, label, type(e).__name__)  # rich fills the other cells
                     continue
                 ref_ms = ref_ms or ms
-                table.add_row(
-                    shape, name, label, f"{ms:.3f}", f"{ms * layers:.2f}", f"{ref_ms / ms:.1f}", f"{rel:.1e}"
-                )
+                cells = (f"{ms:.3f}", f"{ms * layers:.2f}", f"{ref_ms / ms:.1f}", f"{rel:.1e}", how)
+                table.add_row(shape, name, label, *cells)
             del step
             torch.cuda.empty_cache()
     console.print(table)
