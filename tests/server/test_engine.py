@@ -68,6 +68,23 @@ def test_chunked_prefill_and_preemption_do_not_change_outputs(
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
 
 
+def test_prefill_cap_while_decoding_does_not_change_outputs(
+    runner: ModelRunner, alone: list[list[int]]
+) -> None:
+    engine = LLMEngine(runner, max_num_seqs=8, max_num_batched_tokens=256, max_prefill_tokens_when_decoding=3)
+    first = Sequence(list(PROMPTS[0]), GREEDY)
+    engine.add(first)
+    engine.step()  # `first` decodes from now on: the other prompts join 3 tokens a step
+    rest = [Sequence(list(p), GREEDY) for p in PROMPTS[1:]]
+    for s in rest:
+        engine.add(s)
+    engine.step()
+    assert engine.last_batch_tokens == 1 + 3
+    while engine.has_work():
+        engine.step()
+    assert [s.output_token_ids for s in [first, *rest]] == alone
+
+
 def test_prefix_cache_hit_gives_the_same_tokens(runner: ModelRunner, alone: list[list[int]]) -> None:
     engine = engine_for(runner)
     first = generate(engine, [PROMPTS[2]])

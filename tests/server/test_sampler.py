@@ -69,3 +69,25 @@ def test_frequency_penalty_counts_repeats_presence_does_not() -> None:
 def test_negative_penalty_encourages_repeats() -> None:
     p = SamplingParams(temperature=0.0, presence_penalty=-2.0)
     assert sample(logits([1.0, 0.0]), [p], [[1]], [None]) == [1]
+
+
+def test_penalties_count_each_rows_own_tokens_in_a_batch() -> None:
+    row = [2.0, 1.0, 0.0]
+    freq = SamplingParams(temperature=0.0, frequency_penalty=0.6)
+    plain = SamplingParams(temperature=0.0)
+    presence = SamplingParams(temperature=0.0, presence_penalty=1.5)
+    batch = logits(row, row, row, row)
+    params = [freq, plain, presence, presence]
+    outputs = [[0, 0], [0, 0, 0], [], [2, 0]]
+    assert sample(batch, params, outputs, [None] * 4) == [1, 0, 0, 1]
+
+
+def test_greedy_rows_stay_argmax_beside_sampled_rows() -> None:
+    torch.manual_seed(3)
+    rows = torch.randn(4, 1000)
+    rows[3] = rows[1]
+    hot = SamplingParams(temperature=1.5, top_p=0.9, top_k=50)
+    greedy = SamplingParams(temperature=0.0)
+    for _ in range(5):
+        out = sample(rows.clone(), [hot, greedy, hot, greedy], [[]] * 4, [None] * 4)
+        assert out[1] == out[3] == int(rows[1].argmax()) == int(rows[3].argmax())

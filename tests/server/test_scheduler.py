@@ -7,8 +7,13 @@ from r1serve.engine.sequence import FinishReason, SamplingParams, Sequence, Sequ
 BS = 4
 
 
-def make(num_blocks: int = 16, max_num_seqs: int = 8, budget: int = 64) -> Scheduler:
-    return Scheduler(BlockManager(num_blocks, BS), max_num_seqs=max_num_seqs, max_num_batched_tokens=budget)
+def make(num_blocks: int = 16, max_num_seqs: int = 8, budget: int = 64, prefill_cap: int = 0) -> Scheduler:
+    return Scheduler(
+        BlockManager(num_blocks, BS),
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=budget,
+        max_prefill_tokens_when_decoding=prefill_cap,
+    )
 
 
 def seq(n: int, first: int = 0) -> Sequence:
@@ -57,6 +62,31 @@ def test_decodes_go_first_and_a_new_prompt_gets_the_rest_of_the_budget() -> None
     s.add(b)
     chunks = run_step(s)
     assert [(ch.seq, ch.num_tokens) for ch in chunks] == [(a, 1), (b, 7)]
+
+
+def test_prompt_tokens_are_capped_while_a_sequence_decodes() -> None:
+    s = make(num_blocks=32, budget=64, prefill_cap=8)
+    a = seq(4)
+    s.add(a)
+    run_step(s)  # a decodes from now on
+    long, short = seq(30, 100), seq(5, 200)
+    s.add(long)
+    s.add(short)
+    steps = []
+    while long.num_output_tokens == 0 or short.num_output_tokens == 0:
+        chunks = run_step(s)
+        assert (chunks[0].seq, chunks[0].num_tokens) == (a, 1)  # the decode never waits
+        steps.append([(ch.seq, ch.num_tokens) for ch in chunks[1:]])
+    # 8 prompt tokens a step however much of the 64-token budget is left; the short prompt waits its turn.
+    assert steps == [[(long, 8)], [(long, 8)], [(long, 8)], [(long, 6), (short, 2)], [(long, 1), (short, 3)]]
+
+
+def test_prompts_get_the_whole_budget_when_nothing_decodes() -> None:
+    s = make(num_blocks=32, budget=64, prefill_cap=8)
+    a, b = seq(30), seq(20, 100)
+    s.add(a)
+    s.add(b)
+    assert [(ch.seq, ch.num_tokens) for ch in run_step(s)] == [(a, 30), (b, 20)]
 
 
 def test_preemption_frees_the_newest_and_requeues_it_first() -> None:

@@ -5,13 +5,14 @@ Synchronous and single-threaded by design; `AsyncEngine` runs it in its own thre
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 from r1serve.engine.block_manager import BlockManager
-from r1serve.engine.sampler import Sampler
+from r1serve.engine.sampler import Sampler, to_device
 from r1serve.engine.scheduler import Scheduler
 from r1serve.engine.sequence import Sequence
 from r1serve.model_runner import ScheduledSeq
@@ -32,24 +33,50 @@ class RequestRejected(ValueError):
     """A request the engine can never serve (too long for the context or the KV cache)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class StepResult:
     seq: Sequence
     token_id: int | None  # None when the sequence ended without a new token (scheduler-finished)
 
 
+@dataclass
+class StepTimes:
+    """Host seconds of the last step by phase (bench/host_overhead.py reads them). On a GPU `run` and
+    `sample` only queue kernels, `complete` runs while the GPU computes, and `sync` is the wait for the
+    sampled tokens; on the CPU every kernel runs where it is called."""
+
+    schedule: float = 0.0
+    build: float = 0.0  # the packed batch handed to the runner
+    run: float = 0.0
+    sample: float = 0.0
+    complete: float = 0.0  # the chunks' K/V accounted, blocks entered in the prefix cache
+    sync: float = 0.0
+    account: float = 0.0  # tokens appended, finished sequences released
+
+
 class LLMEngine:
-    def __init__(self, runner: Runner, *, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_prefill_tokens_when_decoding: int = 0,
+    ) -> None:
         self.runner = runner
         self.max_model_len = runner.max_model_len
         self.block_manager = BlockManager(runner.num_blocks, runner.block_size)
         self.scheduler = Scheduler(
-            self.block_manager, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens
+            self.block_manager,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            max_prefill_tokens_when_decoding=max_prefill_tokens_when_decoding,
         )
         self.sampler = Sampler()
         self.generators: dict[int, torch.Generator] = {}
         self.last_batch_size = 0
         self.last_batch_tokens = 0
+        self.last_step_times = StepTimes()
 
     def check(self, num_prompt_tokens: int) -> None:
         """Raise RequestRejected when a prompt of this length can never be served."""
@@ -80,39 +107,55 @@ class LLMEngine:
         return self.scheduler.has_work()
 
     def step(self) -> list[StepResult]:
+        clock = time.perf_counter
+        t0 = clock()
         scheduler = self.scheduler
         chunks = scheduler.schedule()
         results = [StepResult(seq, None) for seq in scheduler.finished]
         scheduler.finished.clear()
         self.last_batch_size = len(chunks)
         self.last_batch_tokens = sum(c.num_tokens for c in chunks)
+        t1 = clock()
         if not chunks:
+            self.last_step_times = StepTimes(schedule=t1 - t0)
             return results
         batch = [
             ScheduledSeq(c.seq.token_ids[c.start : c.start + c.num_tokens], c.start, c.seq.block_table)
             for c in chunks
         ]
+        t2 = clock()
         logits = self.runner.run(batch)
+        t3 = clock()
         rows = [i for i, c in enumerate(chunks) if c.completes_sequence]
-        sampled: list[int] = []
+        tokens = None
         if rows:
+            if len(rows) < len(chunks):  # a prompt chunk short of its end samples nothing
+                logits = logits.index_select(0, to_device(rows, torch.int64, logits.device))
             seqs = [chunks[i].seq for i in rows]
-            sampled = self.sampler(
-                logits[rows] if len(rows) < len(chunks) else logits,
-                [s.params for s in seqs],
-                [s.output_token_ids if s.params.has_penalties else [] for s in seqs],
-                [self.generators.get(s.seq_id) for s in seqs],
+            params = [s.params for s in seqs]
+            tokens = self.sampler.sample(
+                logits,
+                params,
+                [s.output_token_ids if p.has_penalties else [] for s, p in zip(seqs, params, strict=True)],
+                [self.generators.get(s.seq_id) for s in seqs] if self.generators else [None] * len(seqs),
             )
+        t4 = clock()
+        # While the GPU still computes: this bookkeeping needs no sampled token.
         for chunk in chunks:
             scheduler.complete(chunk)
+        t5 = clock()
+        sampled: list[int] = [] if tokens is None else tokens.tolist()  # the step's one host sync
+        t6 = clock()
+        max_model_len = self.max_model_len
         for i, token_id in zip(rows, sampled, strict=True):
             seq = chunks[i].seq
-            seq.append_token(token_id)
-            reason = seq.check_finished(self.max_model_len)
+            seq.token_ids.append(token_id)
+            reason = seq.check_finished(max_model_len)
             if reason is not None:
                 scheduler.finish(seq, reason)
                 self.generators.pop(seq.seq_id, None)
             results.append(StepResult(seq, token_id))
+        self.last_step_times = StepTimes(t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, clock() - t6)
         return results
 
     def fail_running(self) -> list[Sequence]:

@@ -2,7 +2,12 @@
 
 Sampling uses the exponential-race form (argmax of p / q with q ~ Exp(1)), equivalent to drawing
 from p but with noise that each seeded request draws from its own torch.Generator, so a seeded
-request is reproducible whatever else shares its batch. The only host sync is the final `.tolist()`.
+request is reproducible whatever else shares its batch.
+
+The per-row settings travel to the device in one non-blocking copy: a tensor built from a Python list
+on a CUDA device is a blocking copy, which would wait for the whole forward pass before the sampling
+kernels could even be queued. `sample` only queues work; the step's one host sync is the caller's
+`.tolist()`, so the engine can do its bookkeeping while the GPU finishes.
 """
 
 from __future__ import annotations
@@ -14,19 +19,32 @@ import torch
 from r1serve.engine.sequence import SamplingParams
 
 
+def to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small host list as a tensor on `device`, queued without waiting for the device.
+
+    A plain host-to-GPU copy synchronises with the stream; from pinned memory (torch's caching host
+    allocator, which also keeps the buffer until the copy is done) it is queued like a kernel."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 def apply_penalties(
     logits: torch.Tensor, rows: list[int], outputs: list[list[int]], params: list[SamplingParams]
 ) -> None:
     """OpenAI presence/frequency penalties over each sequence's generated tokens, in place."""
-    vocab = logits.shape[-1]
-    for row, tokens, p in zip(rows, outputs, params, strict=True):
-        if not tokens:
-            continue
-        ids = torch.tensor(tokens, device=logits.device)
-        counts = torch.zeros(vocab, device=logits.device).scatter_add_(
-            0, ids, torch.ones_like(ids, dtype=torch.float)
-        )
-        logits[row] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).float()
+    device = logits.device
+    # One count matrix for all penalized rows: (row, token) pairs accumulated in one scatter.
+    row_of = [i for i, tokens in enumerate(outputs) for _ in tokens]
+    token_ids = [t for tokens in outputs for t in tokens]
+    counts = torch.zeros(len(rows), logits.shape[-1], device=device)
+    if token_ids:
+        index = to_device([row_of, token_ids], torch.int64, device)
+        counts.index_put_((index[0], index[1]), torch.ones(len(token_ids), device=device), accumulate=True)
+    weights = to_device([[p.frequency_penalty, p.presence_penalty] for p in params], torch.float32, device)
+    penalty = weights[:, :1] * counts + weights[:, 1:] * (counts > 0).float()
+    logits[to_device(rows, torch.int64, device)] -= penalty
 
 
 def top_k_top_p_mask(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -50,6 +68,16 @@ class Sampler:
         generators: Seq[torch.Generator | None],
     ) -> list[int]:
         """One token per row of `logits` [batch, vocab] (float32)."""
+        return self.sample(logits, params, outputs, generators).tolist()
+
+    def sample(
+        self,
+        logits: torch.Tensor,
+        params: Seq[SamplingParams],
+        outputs: Seq[list[int]],
+        generators: Seq[torch.Generator | None],
+    ) -> torch.Tensor:
+        """As `__call__`, but the token ids stay on the device: nothing here waits for the GPU."""
         penalized = [i for i, p in enumerate(params) if p.has_penalties]
         if penalized:
             apply_penalties(
@@ -57,20 +85,26 @@ class Sampler:
             )
         greedy_tokens = logits.argmax(dim=-1)
         if all(p.greedy for p in params):
-            return greedy_tokens.tolist()
+            return greedy_tokens
 
         device, vocab = logits.device, logits.shape[-1]
-        temperature = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params], device=device)
-        logits = logits / temperature.unsqueeze(1)
+        # One row of settings per sequence: temperature, top-k, top-p, greedy; one tensor, one copy.
+        # float32 holds every top-k below the vocabulary size exactly (vocabularies are far below 2**24).
+        settings = to_device(
+            [
+                [1.0 if p.greedy else p.temperature, p.top_k if p.top_k > 0 else vocab, p.top_p, p.greedy]
+                for p in params
+            ],
+            torch.float32,
+            device,
+        )
+        logits = logits / settings[:, 0:1]
         if any(p.top_k > 0 or p.top_p < 1.0 for p in params):
-            top_k = torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params], device=device)
-            top_p = torch.tensor([p.top_p for p in params], device=device)
-            logits = top_k_top_p_mask(logits, top_k, top_p)
+            logits = top_k_top_p_mask(logits, settings[:, 1], settings[:, 2])
         probs = logits.softmax(dim=-1)
         noise = torch.empty_like(probs).exponential_()
         for i, generator in enumerate(generators):
             if generator is not None:
                 noise[i].exponential_(generator=generator)
         sampled = (probs / noise).argmax(dim=-1)
-        greedy = torch.tensor([p.greedy for p in params], device=device)
-        return torch.where(greedy, greedy_tokens, sampled).tolist()
+        return torch.where(settings[:, 3] > 0, greedy_tokens, sampled)

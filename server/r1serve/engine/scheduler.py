@@ -6,18 +6,23 @@ sequence limit and the free KV blocks allow. When the KV cache cannot hold the n
 running sequence, the newest running sequence is preempted: its blocks are freed and it goes back to
 the front of the queue to be recomputed later (cheaply, through the prefix cache). A sequence that
 alone cannot fit in the whole cache is finished with reason "length" instead: never a deadlock.
+
+While any sequence is decoding, prompt tokens per step are capped (`max_prefill_tokens_when_decoding`),
+so a long prompt joins in chunks instead of stalling every stream for one long step; with nothing
+decoding a prompt gets the whole `max_num_batched_tokens` budget.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from operator import attrgetter
 
 from r1serve.engine.block_manager import BlockManager
 from r1serve.engine.sequence import FinishReason, Sequence, SequenceStatus
 
 
-@dataclass
+@dataclass(slots=True)
 class ScheduledChunk:
     seq: Sequence
     start: int  # == seq.num_computed_tokens when scheduled
@@ -36,10 +41,12 @@ class Scheduler:
         *,
         max_num_seqs: int,
         max_num_batched_tokens: int,
+        max_prefill_tokens_when_decoding: int = 0,
     ) -> None:
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_prefill_tokens_when_decoding = max_prefill_tokens_when_decoding  # 0 = no cap
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         # Sequences the scheduler ended itself (no KV memory for a lone sequence); the engine reports them.
@@ -79,43 +86,60 @@ class Scheduler:
         self.waiting.appendleft(seq)
 
     def schedule(self) -> list[ScheduledChunk]:
-        bm = self.block_manager
+        bm, bs = self.block_manager, self.block_manager.block_size
         budget = self.max_num_batched_tokens
         chunks: list[ScheduledChunk] = []
-        scheduled: list[Sequence] = []
         skipped: list[Sequence] = []  # out of token budget this step: keep their blocks, compute next step
         # Decoding sequences first (one token each, latency-critical), then unfinished prefills.
-        pending = deque(sorted(self.running, key=lambda s: s.num_uncomputed_tokens > 1))
+        decodes: list[Sequence] = []
+        prefills: list[Sequence] = []
+        for seq in self.running:
+            (prefills if len(seq.token_ids) - seq.num_computed_tokens > 1 else decodes).append(seq)
+        cap = self.max_prefill_tokens_when_decoding
+        prefill_budget = min(cap, budget) if decodes and cap > 0 else budget
+        pending = deque(decodes)
+        pending.extend(prefills)
         preempted = False
         while pending:
             seq = pending.popleft()
-            n = min(seq.num_uncomputed_tokens, budget)
+            left = len(seq.token_ids) - seq.num_computed_tokens
+            n = min(left, budget) if left <= 1 else min(left, budget, prefill_budget)
             if n == 0:
                 skipped.append(seq)
                 continue
             need = seq.num_computed_tokens + n
-            while not bm.can_grow(seq, need):
-                preempted = True
-                if pending:
-                    self._preempt(pending.pop())
-                elif skipped:
-                    self._preempt(skipped.pop())
-                else:
-                    break
-            if not bm.can_grow(seq, need):
-                if chunks:
-                    self._preempt(seq)  # others hold blocks and will free them
-                else:
-                    self._finish(seq, FinishReason.LENGTH)  # the whole cache cannot hold it
-                    self.finished.append(seq)
-                continue
-            bm.grow(seq, need)
+            if need > len(seq.block_table) * bs:  # else its blocks already hold the step (most decodes)
+                while not bm.can_grow(seq, need):
+                    preempted = True
+                    if pending:
+                        self._preempt(pending.pop())
+                    elif skipped:
+                        self._preempt(skipped.pop())
+                    else:
+                        break
+                if not bm.can_grow(seq, need):
+                    if chunks:
+                        self._preempt(seq)  # others hold blocks and will free them
+                    else:
+                        self._finish(seq, FinishReason.LENGTH)  # the whole cache cannot hold it
+                        self.finished.append(seq)
+                    continue
+                bm.grow(seq, need)
             chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n))
-            scheduled.append(seq)
             budget -= n
-        self.running = sorted(scheduled + skipped, key=lambda s: s.seq_id)  # oldest first
+            if left > 1:
+                prefill_budget -= n
+        # Preempted and finished sequences leave; the rest stay, oldest first.
+        self.running = sorted(
+            (s for s in self.running if s.status is SequenceStatus.RUNNING), key=attrgetter("seq_id")
+        )
 
-        while self.waiting and not preempted and budget > 0 and len(self.running) < self.max_num_seqs:
+        while (
+            self.waiting
+            and not preempted
+            and min(budget, prefill_budget) > 0
+            and len(self.running) < self.max_num_seqs
+        ):
             seq = self.waiting[0]
             # Keep one block spare while others run, so admitting cannot force an immediate preemption.
             if not bm.can_allocate(seq, reserve=1 if self.running else 0):
@@ -123,10 +147,11 @@ class Scheduler:
             self.waiting.popleft()
             bm.allocate(seq)
             seq.status = SequenceStatus.RUNNING
-            n = min(seq.num_uncomputed_tokens, budget)
+            n = min(seq.num_uncomputed_tokens, budget, prefill_budget)
             chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n))
             self.running.append(seq)
             budget -= n
+            prefill_budget -= n
         return chunks
 
     def complete(self, chunk: ScheduledChunk) -> None:

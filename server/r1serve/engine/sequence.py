@@ -6,6 +6,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -21,11 +22,13 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
 
-    @property
+    # Cached (read per row every step): a frozen instance never changes, and a cached_property stores
+    # straight into the instance dict, which a frozen dataclass allows.
+    @cached_property
     def greedy(self) -> bool:
         return self.temperature == 0.0 or self.top_k == 1
 
-    @property
+    @cached_property
     def has_penalties(self) -> bool:
         return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
@@ -45,7 +48,7 @@ class FinishReason(StrEnum):
 _ids = itertools.count()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Sequence:
     token_ids: list[int]  # prompt, then the generated tokens
     params: SamplingParams
@@ -102,11 +105,11 @@ class Sequence:
 
     def check_finished(self, max_model_len: int) -> FinishReason | None:
         """Why the sequence ends after its last appended token, if it does."""
-        last = self.token_ids[-1]
-        if not self.params.ignore_eos and last in self.eos_token_ids:
+        tokens, params = self.token_ids, self.params
+        last = tokens[-1]
+        if last in params.stop_token_ids or (last in self.eos_token_ids and not params.ignore_eos):
             return FinishReason.STOP
-        if last in self.params.stop_token_ids:
-            return FinishReason.STOP
-        if self.num_output_tokens >= self.params.max_tokens or len(self) >= max_model_len:
+        n = len(tokens)
+        if n - self.num_prompt_tokens >= params.max_tokens or n >= max_model_len:
             return FinishReason.LENGTH
         return None
