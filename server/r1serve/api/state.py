@@ -78,6 +78,7 @@ class ServerState:
             runner,
             max_num_seqs=s.max_num_seqs,
             max_num_batched_tokens=max(s.max_num_batched_tokens, s.max_num_seqs),
+            max_prefill_tokens_when_decoding=s.max_prefill_tokens_when_decoding,
         )
         log.info(
             "loaded %s on %s (%s) in %.1fs: %d KV blocks of %d tokens (%.0f MiB), max_model_len %d",
