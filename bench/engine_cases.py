@@ -13,6 +13,9 @@ from r1serve.engine.sequence import SamplingParams, Sequence
 from r1serve.model_runner import ModelRunner
 from rich.progress import Progress
 
+MAX_MODEL_LEN = 4096
+MAX_NUM_BATCHED_TOKENS = 8192
+
 
 @dataclass
 class StepLog:
@@ -24,10 +27,20 @@ class StepLog:
 
 def build_engine(model_dir: Path, *, max_num_seqs: int, enforce_eager: bool) -> LLMEngine:
     runner = ModelRunner(
-        model_dir, max_model_len=4096, enforce_eager=enforce_eager, max_num_seqs=max_num_seqs
+        model_dir, max_model_len=MAX_MODEL_LEN, enforce_eager=enforce_eager, max_num_seqs=max_num_seqs
     )
     runner.warmup()
-    return LLMEngine(runner, max_num_seqs=max_num_seqs, max_num_batched_tokens=8192)
+    return LLMEngine(runner, max_num_seqs=max_num_seqs, max_num_batched_tokens=MAX_NUM_BATCHED_TOKENS)
+
+
+def make_sequences(requests: list[tuple[int, int]], vocab: int) -> list[Sequence]:
+    """Greedy, EOS-ignored sequences of random prompt tokens (seed 0), one per (prompt_len, output_len)."""
+    rng = random.Random(0)
+    seqs = []
+    for prompt_len, output_len in requests:
+        params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
+        seqs.append(Sequence([rng.randrange(vocab) for _ in range(prompt_len)], params))
+    return seqs
 
 
 def run_requests(
@@ -35,12 +48,7 @@ def run_requests(
 ) -> tuple[list[StepLog], float, int]:
     """Adds every (prompt_len, output_len) request at once, runs to completion; returns step logs,
     wall seconds and output tokens."""
-    rng = random.Random(0)
-    vocab = engine.runner.config.vocab_size
-    seqs = []
-    for prompt_len, output_len in requests:
-        params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
-        seqs.append(Sequence([rng.randrange(vocab) for _ in range(prompt_len)], params))
+    seqs = make_sequences(requests, engine.runner.config.vocab_size)
     for seq in seqs:
         engine.add(seq)
     logs: list[StepLog] = []

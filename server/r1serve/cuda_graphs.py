@@ -90,28 +90,49 @@ class DecodeGraphs:
         batch = len(token_ids)
         size = next(s for s in self.sizes if s >= batch)
         width = self.block_tables.shape[1]
-        pos = np.asarray(positions, dtype=np.int64)
-        tables = np.full((size, width), self.scratch_block, dtype=np.int64)
-        for i, table in enumerate(block_tables):
-            tables[i, : len(table)] = table
-        host = self._host.numpy()
-        cols = np.zeros((4, size), dtype=np.int64)
-        cols[0, :batch] = token_ids
-        cols[1, :batch] = pos
-        cols[2, :] = self.scratch_block * self.block_size
-        cols[2, :batch] = (
-            tables[np.arange(batch), pos // self.block_size] * self.block_size + pos % self.block_size
-        )
-        cols[3, :] = 1
-        cols[3, :batch] = pos + 1
-        n_cols = 4 * size
-        host[:n_cols] = cols.ravel()
-        host[n_cols : n_cols + size * width] = tables.ravel()
-        staged = self._host[: n_cols + size * width].to(self.input_ids.device, non_blocking=True)
+        n = stage_decode_inputs(
+            self._host.numpy(), token_ids, positions, block_tables,
+            size=size, scratch_block=self.scratch_block, block_size=self.block_size, width=width,
+        )  # fmt: skip
+        staged = self._host[:n].to(self.input_ids.device, non_blocking=True)
         self.input_ids[:size].copy_(staged[0:size])
         self.positions[:size].copy_(staged[size : 2 * size])
         self.slot_mapping[:size].copy_(staged[2 * size : 3 * size])
         self.context_lens[:size].copy_(staged[3 * size : 4 * size])
-        self.block_tables[:size].copy_(staged[n_cols:].view(size, width))
+        self.block_tables[:size].copy_(staged[4 * size : n].view(size, width))
         self.graphs[size].replay()
         return self.outputs[size][:batch]
+
+
+def stage_decode_inputs(
+    host: np.ndarray,
+    token_ids: Sequence[int],
+    positions: Sequence[int],
+    block_tables: Sequence[Sequence[int]],
+    *,
+    size: int,
+    width: int,
+    scratch_block: int,
+    block_size: int,
+) -> int:
+    """Write a decode batch padded to `size` rows into `host` (int64) as one block: input ids,
+    positions, slots, context lengths (`size` each), then the `[size, width]` block tables. Padding
+    rows point at the scratch block. Returns the number of values written.
+
+    The host half of a graph step, apart so that bench/host_overhead.py can time it without a GPU."""
+    batch = len(token_ids)
+    pos = np.asarray(positions, dtype=np.int64)
+    tables = np.full((size, width), scratch_block, dtype=np.int64)
+    for i, table in enumerate(block_tables):
+        tables[i, : len(table)] = table
+    cols = np.zeros((4, size), dtype=np.int64)
+    cols[0, :batch] = token_ids
+    cols[1, :batch] = pos
+    cols[2, :] = scratch_block * block_size
+    cols[2, :batch] = tables[np.arange(batch), pos // block_size] * block_size + pos % block_size
+    cols[3, :] = 1
+    cols[3, :batch] = pos + 1
+    n_cols = 4 * size
+    host[:n_cols] = cols.ravel()
+    host[n_cols : n_cols + size * width] = tables.ravel()
+    return n_cols + size * width
