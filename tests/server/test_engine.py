@@ -4,10 +4,11 @@ prefix cache must never change what a request generates."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import pytest
-from r1serve.engine.async_engine import AsyncEngine, EngineError
+from r1serve.engine.async_engine import SWITCH_INTERVAL_S, AsyncEngine, EngineError
 from r1serve.engine.llm_engine import LLMEngine, RequestRejected
 from r1serve.engine.sequence import FinishReason, SamplingParams, Sequence
 from r1serve.model_runner import ModelRunner
@@ -152,3 +153,18 @@ def test_async_engine_survives_a_failing_step(runner: ModelRunner) -> None:
     error, tokens = asyncio.run(scenario())
     assert isinstance(error, EngineError)
     assert len(tokens) == 15
+
+
+def test_async_engine_shortens_the_gil_switch_interval_while_it_runs(runner: ModelRunner) -> None:
+    before = sys.getswitchinterval()
+
+    async def scenario() -> float:
+        engine = AsyncEngine(engine_for(runner), max_queue=8)
+        engine.start(asyncio.get_running_loop())
+        try:
+            return sys.getswitchinterval()
+        finally:
+            engine.stop()
+
+    assert asyncio.run(scenario()) <= SWITCH_INTERVAL_S < before
+    assert sys.getswitchinterval() == before
