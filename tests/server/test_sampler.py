@@ -1,5 +1,6 @@
 """Sampler on plain tensors: greedy, top-k/top-p, per-request seeds, penalties."""
 
+import pytest
 import torch
 from r1serve.engine.sampler import Sampler
 from r1serve.engine.sequence import SamplingParams
@@ -91,3 +92,40 @@ def test_greedy_rows_stay_argmax_beside_sampled_rows() -> None:
     for _ in range(5):
         out = sample(rows.clone(), [hot, greedy, hot, greedy], [[]] * 4, [None] * 4)
         assert out[1] == out[3] == int(rows[1].argmax()) == int(rows[3].argmax())
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+MIXED = [
+    SamplingParams(temperature=0.0, frequency_penalty=0.5, presence_penalty=0.3),
+    SamplingParams(temperature=0.6, top_p=0.95),
+    SamplingParams(temperature=1.0, top_k=20, presence_penalty=1.0),
+    SamplingParams(temperature=0.8, seed=7),
+    SamplingParams(temperature=0.0),
+]
+
+
+@needs_cuda
+def test_gpu_sampling_queues_its_work_without_a_host_sync() -> None:
+    """The step's one sync is the engine's .tolist(): sample() itself must never wait for the GPU."""
+    logits = torch.randn(len(MIXED), 151936, device="cuda")
+    outputs = [[1, 2, 2], [], [5, 9], [7], []]
+    generators = [None, None, None, torch.Generator("cuda").manual_seed(7), None]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        tokens = Sampler().sample(logits, MIXED, outputs, generators)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert tokens.device.type == "cuda"
+    assert all(0 <= t < 151936 for t in tokens.tolist())
+
+
+@needs_cuda
+def test_gpu_and_cpu_agree_on_greedy_rows_with_penalties() -> None:
+    torch.manual_seed(4)
+    rows = torch.randn(len(MIXED), 1000)
+    outputs = [[int(rows[i].argmax())] * 3 for i in range(len(MIXED))]
+    greedy = [SamplingParams(temperature=0.0, frequency_penalty=p.frequency_penalty,
+                             presence_penalty=p.presence_penalty) for p in MIXED]  # fmt: skip
+    none = [None] * len(MIXED)
+    assert sample(rows.cuda(), greedy, outputs, none) == sample(rows.clone(), greedy, outputs, none)

@@ -34,17 +34,17 @@ def apply_penalties(
     logits: torch.Tensor, rows: list[int], outputs: list[list[int]], params: list[SamplingParams]
 ) -> None:
     """OpenAI presence/frequency penalties over each sequence's generated tokens, in place."""
-    device = logits.device
-    # One count matrix for all penalized rows: (row, token) pairs accumulated in one scatter.
-    row_of = [i for i, tokens in enumerate(outputs) for _ in tokens]
-    token_ids = [t for tokens in outputs for t in tokens]
-    counts = torch.zeros(len(rows), logits.shape[-1], device=device)
-    if token_ids:
-        index = to_device([row_of, token_ids], torch.int64, device)
-        counts.index_put_((index[0], index[1]), torch.ones(len(token_ids), device=device), accumulate=True)
+    device, vocab = logits.device, logits.shape[-1]
+    # One count matrix for all penalized rows, filled by one scatter over (row, token) positions.
+    flat = [i * vocab + t for i, tokens in enumerate(outputs) for t in tokens]
+    counts = torch.zeros(len(rows) * vocab, device=device)
+    if flat:
+        counts.scatter_add_(0, to_device(flat, torch.int64, device), torch.ones(len(flat), device=device))
+    counts = counts.view(len(rows), vocab)
     weights = to_device([[p.frequency_penalty, p.presence_penalty] for p in params], torch.float32, device)
     penalty = weights[:, :1] * counts + weights[:, 1:] * (counts > 0).float()
-    logits[to_device(rows, torch.int64, device)] -= penalty
+    index = to_device(rows, torch.int64, device)
+    logits.index_copy_(0, index, logits.index_select(0, index) - penalty)
 
 
 def top_k_top_p_mask(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
