@@ -2,6 +2,10 @@
 
 Parameters are named like the Hugging Face modules, except that q/k/v and gate/up are fused
 (`qkv_proj`, `gate_up_proj`); `loader.py` maps the checkpoint's tensors onto them.
+
+With tensor parallelism (`parallel.py`) each rank holds `1/tp` of the query and KV heads, of the
+MLP's hidden units and of the vocabulary rows of the LM head; embeddings and norms are whole on
+every rank. Its KV cache holds only its own KV heads.
 """
 
 from __future__ import annotations
@@ -12,21 +16,24 @@ from torch import nn
 from r1serve.checkpoint import ModelConfig
 from r1serve.model.attention import AttentionMetadata, paged_attention, store_kv
 from r1serve.model.layers import RMSNorm, SwiGLU
+from r1serve.model.parallel import SINGLE, ColumnParallelLinear, RowParallelLinear, TensorParallel
 from r1serve.model.rotary import RotaryEmbedding
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding) -> None:
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, tp: TensorParallel) -> None:
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
+        # this rank's heads; a query head's KV head (head // group) is on the same rank
+        self.num_heads = tp.split(config.num_attention_heads, "num_attention_heads")
+        self.num_kv_heads = tp.split(config.num_key_value_heads, "num_key_value_heads")
         self.head_dim = config.head_dim
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        self.qkv_proj = nn.Linear(
-            config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias
+        q, kv = config.num_attention_heads * self.head_dim, config.num_key_value_heads * self.head_dim
+        self.qkv_proj = ColumnParallelLinear(
+            config.hidden_size, [q, kv, kv], bias=config.attention_bias, tp=tp
         )
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=False)
+        self.o_proj = RowParallelLinear(q, config.hidden_size, bias=False, tp=tp)
         self.rotary = rotary
         # views into the runner's cache, set by `CausalLM.bind_kv_cache`
         self.k_cache = torch.empty(0)
@@ -44,12 +51,12 @@ class Attention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding) -> None:
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, tp: TensorParallel) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, rotary)
+        self.self_attn = Attention(config, rotary, tp)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
+        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, tp)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), positions, meta)
@@ -57,11 +64,13 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderModel(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, tp: TensorParallel) -> None:
         super().__init__()
         rotary = RotaryEmbedding(config.head_dim, config.rope)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, rotary) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, rotary, tp) for _ in range(config.num_hidden_layers)
+        )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(
@@ -74,15 +83,16 @@ class DecoderModel(nn.Module):
 
 
 class CausalLM(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, tp: TensorParallel = SINGLE) -> None:
         super().__init__()
         self.config = config
-        self.model = DecoderModel(config)
+        self.tp = tp
+        self.model = DecoderModel(config, tp)
         # tied checkpoints have no lm_head tensor; the embedding matrix doubles as the LM head
         self.lm_head = (
             None
             if config.tie_word_embeddings
-            else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            else ColumnParallelLinear(config.hidden_size, [config.vocab_size], bias=False, tp=tp)
         )
 
     def bind_kv_cache(self, kv_cache: torch.Tensor) -> None:
@@ -98,5 +108,10 @@ class CausalLM(nn.Module):
         return self.model(input_ids, positions, meta)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return hidden @ weight.t()
+        """Logits `[tokens, vocab]` (all of them, on every rank)."""
+        if self.lm_head is not None:
+            weight = self.lm_head.weight
+        else:  # tied: this rank's vocabulary rows of the (whole) embedding
+            start, rows, _ = self.tp.shard(self.config.vocab_size)
+            weight = self.model.embed_tokens.weight.narrow(0, start, rows)
+        return self.tp.gather_columns(hidden @ weight.t(), self.config.vocab_size)

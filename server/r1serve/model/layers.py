@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from r1serve.model import triton_fused
+from r1serve.model.parallel import SINGLE, ColumnParallelLinear, RowParallelLinear, TensorParallel
 
 
 class RMSNorm(nn.Module):
@@ -26,12 +27,16 @@ class RMSNorm(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """down(silu(gate(x)) * up(x)), gate and up fused into one matmul."""
+    """down(silu(gate(x)) * up(x)), gate and up fused into one matmul. Tensor parallel: each rank
+    holds its slice of the gate rows and the same slice of the up rows, so silu-and-mul is local."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+    def __init__(self, hidden_size: int, intermediate_size: int, tp: TensorParallel = SINGLE) -> None:
         super().__init__()
-        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        tp.split(intermediate_size, "intermediate_size")
+        self.gate_up_proj = ColumnParallelLinear(
+            hidden_size, [intermediate_size, intermediate_size], bias=False, tp=tp
+        )
+        self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=False, tp=tp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)
