@@ -52,6 +52,9 @@ class Settings(BaseSettings):
         None, description="Bearer key required on /v1 (unset = open); use the variable, flags show in ps"
     )
     enforce_eager: bool = Field(False, description="never capture CUDA graphs")
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs one model is split over (tensor parallel over NCCL; the pod needs as many)"
+    )
     # The e2e tier's "slow version" (docs/E2E.md): on the CPU engine batching does not change
     # latency, so no real setting makes a version reliably slower than another. Never set in a deployment.
     test_delay_seconds: float = Field(

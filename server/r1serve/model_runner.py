@@ -3,6 +3,10 @@
 It loads the checkpoint, owns the paged KV cache, and runs one forward pass over a ragged batch of
 sequences per step. The caller (the block manager) owns block allocation; block ids are in
 `[0, num_blocks)`.
+
+With `tensor_parallel_size` N > 1 this runner is rank 0 of N: it starts the other ranks' processes
+(`tp_worker.py`), each holding 1/N of the model and its KV heads, and every `run` hands the batch to
+them before running it; the logits it returns are the whole vocabulary's, as with one rank.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +23,9 @@ import torch
 from r1serve.checkpoint import GenerationDefaults, ModelConfig, load_config, load_generation_defaults
 from r1serve.cuda_graphs import DecodeGraphs
 from r1serve.model import AttentionMetadata, CausalLM, load_model
+from r1serve.model.parallel import TensorParallel, init_process_group
 from r1serve.tokenizer import Tokenizer
+from r1serve.tp_worker import Leader, Workers
 
 log = logging.getLogger(__name__)
 CPU_KV_CACHE_BYTES = 256 * 2**20
@@ -89,12 +95,17 @@ class ModelRunner:
         progress: bool = True,
         enforce_eager: bool = False,
         max_num_seqs: int = 256,
+        tensor_parallel_size: int = 1,
+        _leader: Leader | None = None,  # set by tp_worker in the processes of ranks > 0
     ) -> None:
         model_dir = Path(model_dir)
         self.config: ModelConfig = load_config(model_dir)
         self.generation_defaults: GenerationDefaults = load_generation_defaults(model_dir, self.config)
         self.tokenizer = Tokenizer(model_dir)
-        self.device = resolve_device(device)
+        if tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be positive, got {tensor_parallel_size}")
+        self.tp = TensorParallel(0 if _leader is None else _leader.rank, tensor_parallel_size)
+        self.device = _rank_device(resolve_device(device), self.tp)
         if self.device.type == "cpu":
             limit_cpu_threads(self.config)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -107,14 +118,50 @@ class ModelRunner:
                 f"max_model_len {max_model_len} is outside 1..{limit} (the model's max_position_embeddings)"
             )
         self.max_model_len = max_model_len or min(limit, DEFAULT_MAX_MODEL_LEN)
-        self.model: CausalLM = load_model(model_dir, self.config, self.device, self.dtype, progress=progress)
         self.graphs: DecodeGraphs | None = None  # captured once the cache exists
+        self._peers: Workers | Leader | None = _leader
+        self._workers: Workers | None = None  # rank 0's handle on the other ranks
+        if self.tp.size > 1:
+            with torch.device("meta"):
+                CausalLM(self.config, self.tp)  # checks every split before a process starts
+        if self.tp.size > 1 and _leader is None:
+            settings = dict(
+                device=device, dtype=dtype, kv_cache_memory=kv_cache_memory,
+                gpu_memory_utilization=gpu_memory_utilization, block_size=block_size,
+                max_model_len=max_model_len, progress=False, enforce_eager=enforce_eager,
+                max_num_seqs=max_num_seqs,
+            )  # fmt: skip
+            self._workers = self._peers = Workers(self.tp.size, model_dir, settings, self.device)
+        try:
+            self._build(
+                model_dir, kv_cache_memory, gpu_memory_utilization, max_num_seqs, enforce_eager, progress
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(
+        self,
+        model_dir: Path,
+        kv_cache_memory: int,
+        gpu_memory_utilization: float,
+        max_num_seqs: int,
+        enforce_eager: bool,
+        progress: bool,
+    ) -> None:
+        """Weights, process group (tensor parallel), KV cache and decode graphs: the steps every rank
+        takes in the same order, so their collectives meet."""
+        self.model: CausalLM = load_model(
+            model_dir, self.config, self.device, self.dtype, progress=progress, tp=self.tp
+        )
+        if self._peers is not None:
+            init_process_group(self.tp, self._peers.rendezvous(), self.device)
 
         cfg = self.config
-        self._block_shape = (self.block_size, cfg.num_key_value_heads, cfg.head_dim)
+        self._block_shape = (self.block_size, cfg.num_key_value_heads // self.tp.size, cfg.head_dim)
         self.block_bytes = 2 * cfg.num_hidden_layers * math.prod(self._block_shape) * self.dtype.itemsize
         budget = kv_cache_memory or self._auto_kv_budget(gpu_memory_utilization, max_num_seqs)
-        self.num_blocks = budget // self.block_bytes
+        self.num_blocks = self._agree_on_blocks(budget // self.block_bytes)
         needed = -(-self.max_model_len // self.block_size)
         if self.num_blocks < needed:
             raise ValueError(
@@ -156,7 +203,8 @@ class ModelRunner:
         torch.cuda.reset_peak_memory_stats(self.device)
         blocks = self.num_blocks = -(-self.max_model_len // self.block_size)
         self.model.bind_kv_cache(self._allocate_cache(blocks))
-        self.run([ScheduledSeq([0] * self.max_model_len, 0, list(range(blocks)))])
+        with torch.inference_mode():  # on every rank at once (tensor parallel): no hand-over
+            self.execute([ScheduledSeq([0] * self.max_model_len, 0, list(range(blocks)))])
         torch.cuda.synchronize(self.device)
         activations = torch.cuda.max_memory_allocated(self.device) - weights - blocks * self.block_bytes
         activations += 2 * max_num_seqs * self.config.vocab_size * 4  # float32 logits of a full decode batch
@@ -230,17 +278,45 @@ class ModelRunner:
         last_token = dev([end - 1 for end in cu_seqlens[1:]])
         return dev(input_ids), dev(positions), meta, last_token
 
+    def _agree_on_blocks(self, num_blocks: int) -> int:
+        """The smallest of the ranks' block counts: every rank's cache must hold every block id."""
+        if self.tp.size == 1:
+            return num_blocks
+        count = torch.tensor([num_blocks], dtype=torch.int64, device=self.device)
+        torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MIN)
+        return int(count.item())
+
     @torch.inference_mode()
     def run(self, batch: list[ScheduledSeq]) -> torch.Tensor:
         """One forward pass over all sequences (packed into one token batch); writes their new K/V into
-        the cache and returns float32 logits `[len(batch), vocab]` of each entry's last token."""
+        the cache and returns float32 logits `[len(batch), vocab]` of each entry's last token.
+        Tensor parallel: on every rank, with the batch checked here before any other rank sees it."""
         if not batch:
             raise ValueError("empty batch")
-        if self.graphs is not None and self.graphs.fits([len(s.token_ids) for s in batch]):
+        if self._workers is None:
+            return self.execute(batch)
+        prepared = None if self._graph_step(batch) else self._metadata(batch)
+        try:
+            self._workers.send(batch)
+            return self.execute(batch, prepared)
+        except Exception as exc:
+            raise self._workers.step_failed(exc) from exc
+
+    def _graph_step(self, batch: list[ScheduledSeq]) -> bool:
+        return self.graphs is not None and self.graphs.fits([len(s.token_ids) for s in batch])
+
+    def execute(
+        self,
+        batch: list[ScheduledSeq],
+        prepared: tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """`run` on this rank alone (call under inference_mode): what a tensor-parallel worker does
+        with each batch rank 0 sends it. `prepared`: the batch's `_metadata`, if already built."""
+        if self._graph_step(batch):
             return self.graphs.run(
                 [s.token_ids[0] for s in batch], [s.start_pos for s in batch], [s.block_table for s in batch]
             )
-        input_ids, positions, meta, last_token = self._metadata(batch)
+        input_ids, positions, meta, last_token = prepared or self._metadata(batch)
         hidden = self.model(input_ids, positions, meta)
         return self.model.compute_logits(hidden[last_token]).float()
 
@@ -254,3 +330,33 @@ class ModelRunner:
         """One small forward so the first request pays no lazy-initialisation cost. Writes block 0,
         so call it before serving."""
         self.run([ScheduledSeq([0] * min(4, self.block_size, self.max_model_len), 0, [0])])
+
+    def on_failure(self, callback: Callable[[str], None]) -> None:
+        """Tensor parallel: `callback(message)` runs (on another thread) once a worker has died or the
+        ranks have fallen out of step; the runner is unusable from then on. No-op with one rank."""
+        if self._workers is not None:
+            self._workers.on_failure = callback
+
+    def close(self) -> None:
+        """Tensor parallel: ends the other ranks' processes and leaves the process group. Idempotent;
+        a no-op with one rank."""
+        peers, self._peers, self._workers = self._peers, None, None
+        if peers is not None:
+            peers.close()
+
+
+def _rank_device(device: torch.device, tp: TensorParallel) -> torch.device:
+    """This rank's device: the CPU, or GPU `rank` (the pod's GPUs are the visible ones)."""
+    if tp.size == 1 or device.type == "cpu":
+        return device
+    if device.index not in (None, 0):
+        raise ValueError(
+            f"device {device} with tensor_parallel_size {tp.size}: rank r runs on cuda:r; "
+            "pick the GPUs with CUDA_VISIBLE_DEVICES and use device cuda"
+        )
+    visible = torch.cuda.device_count()
+    if visible < tp.size:
+        raise ValueError(f"tensor_parallel_size {tp.size} needs {tp.size} GPUs; {visible} visible")
+    rank_device = torch.device("cuda", tp.rank)
+    torch.cuda.set_device(rank_device)  # Triton and CUDA graphs launch on the current device
+    return rank_device

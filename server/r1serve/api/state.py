@@ -65,7 +65,10 @@ class ServerState:
                 progress=True,
                 enforce_eager=s.enforce_eager,
                 max_num_seqs=s.max_num_seqs,
+                tensor_parallel_size=s.tensor_parallel_size,
             )
+            # a dead tensor-parallel worker leaves the model unusable: exit, and let the pod restart
+            runner.on_failure(lambda message: loop.call_soon_threadsafe(self.on_fatal, message))
             runner.warmup()
         except (CheckpointError, ValueError, OSError) as exc:
             loop.call_soon_threadsafe(self.on_fatal, str(exc))
@@ -102,6 +105,8 @@ class ServerState:
         self.ready = False
         if self.engine is not None:
             self.engine.stop()
+        if self.runner is not None:
+            self.runner.close()  # tensor parallel: ends the other ranks' processes
 
     # -- request guards ----------------------------------------------------------------------------
 

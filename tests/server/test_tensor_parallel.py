@@ -1,0 +1,350 @@
+"""Tensor parallel: a model split over two ranks computes what the whole model computes, and the
+worker processes fail loudly and never outlive the server.
+
+On the CPU the ranks are two processes joined by gloo (float32, so the split sums differ from the
+whole ones only by float32 rounding). The last tests run on two GPUs over NCCL with CUDA graphs and
+are skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+from r1serve.checkpoint import load_config
+from r1serve.config import Settings
+from r1serve.engine.llm_engine import LLMEngine
+from r1serve.engine.sequence import SamplingParams, Sequence
+from r1serve.model.loader import load_model
+from r1serve.model.parallel import TensorParallel
+from r1serve.model_runner import ModelRunner, ScheduledSeq
+from r1serve.tp_worker import TensorParallelError
+from safetensors.torch import load_file
+
+CPU = dict(
+    device="cpu", dtype="float32", block_size=8, max_model_len=256, kv_cache_memory=2**20, progress=False
+)
+
+
+def greedy(
+    runner: ModelRunner, prompts: list[list[int]], steps: int
+) -> tuple[list[list[int]], list[torch.Tensor]]:
+    """All prompts prefilled in one step, then decoded together `steps` times: the tokens, and the
+    logits of every step."""
+    per_seq = -(-(max(map(len, prompts)) + steps) // runner.block_size)
+    tables = [list(range(i * per_seq, (i + 1) * per_seq)) for i in range(len(prompts))]
+    logits = runner.run([ScheduledSeq(p, 0, t) for p, t in zip(prompts, tables, strict=True)]).cpu()
+    history, tokens = [logits], [[] for _ in prompts]
+    for _ in range(steps):
+        for out, row in zip(tokens, logits, strict=True):
+            out.append(int(row.argmax()))
+        batch = [
+            ScheduledSeq([out[-1]], len(p) + len(out) - 1, t)
+            for p, out, t in zip(prompts, tokens, tables, strict=True)
+        ]
+        logits = runner.run(batch).cpu()
+        history.append(logits)
+    return tokens, history
+
+
+def prompts(vocab: int, lengths: tuple[int, ...] = (3, 17, 40)) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(sum(lengths))
+    return [torch.randint(3, vocab, (n,), generator=gen).tolist() for n in lengths]
+
+
+@pytest.fixture(scope="class")
+def runners(tiny_model_dir: Path) -> Iterator[tuple[ModelRunner, ModelRunner]]:
+    """The tiny model (4 query heads, 2 KV heads, QKV biases, untied LM head) whole and over 2 ranks."""
+    one = ModelRunner(tiny_model_dir, **CPU)
+    two = ModelRunner(tiny_model_dir, tensor_parallel_size=2, **CPU)
+    yield one, two
+    two.close()
+
+
+class TestTinyModelOverTwoRanks:
+    """These share one TP=2 runner (class scope): a process holds one tensor-parallel group at a
+    time, so it is closed before the tests below start theirs."""
+
+    def test_each_rank_holds_its_share(self, runners: tuple[ModelRunner, ModelRunner]) -> None:
+        one, two = runners
+        attn = two.model.model.layers[0].self_attn
+        assert (attn.num_heads, attn.num_kv_heads) == (2, 1)
+        # its KV cache holds only its own KV head: half the bytes a block, twice the blocks per budget
+        assert two.block_bytes * 2 == one.block_bytes
+        assert two.num_blocks == 2 * one.num_blocks
+        assert two.kv_cache.shape[-2] == 1
+
+    def test_logits_and_greedy_tokens_match_one_rank(self, runners: tuple[ModelRunner, ModelRunner]) -> None:
+        one, two = runners
+        batch = prompts(one.config.vocab_size)
+        tokens_1, logits_1 = greedy(one, batch, steps=32)
+        tokens_2, logits_2 = greedy(two, batch, steps=32)
+        assert tokens_2 == tokens_1
+        for step, (a, b) in enumerate(zip(logits_1, logits_2, strict=True)):
+            assert b.shape == a.shape == (3, one.config.vocab_size)
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=lambda m, s=step: f"step {s}: {m}")
+
+    def test_engine_output_matches_one_rank(self, runners: tuple[ModelRunner, ModelRunner]) -> None:
+        """Through the engine: chunked prefills (a 16-token step budget) share steps with decodes."""
+        outputs = []
+        for runner in runners:
+            engine = LLMEngine(runner, max_num_seqs=4, max_num_batched_tokens=16)
+            params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+            seqs = [Sequence(p, params) for p in prompts(runner.config.vocab_size, (5, 23, 41))]
+            for s in seqs:
+                engine.add(s)
+            while engine.has_work():
+                engine.step()
+            outputs.append([s.output_token_ids for s in seqs])
+        assert outputs[1] == outputs[0]
+        assert all(len(out) == 24 for out in outputs[0])
+
+
+def _hf_checkpoint(out: Path, tiny_model_dir: Path, *, tied: bool) -> Path:
+    """A random Qwen2 checkpoint whose vocabulary (255) two ranks cannot split evenly."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(
+        vocab_size=255, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=tied,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for name, param in model.named_parameters():  # wide weights: greedy choices far from ties
+            param.uniform_(0.5, 1.5) if "norm" in name else param.normal_(0.0, 0.15)
+    model.save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_model_dir / name, out / name)
+    return out
+
+
+def test_loaded_shards_are_the_checkpoints_slices(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Rank r's parameters are rows (or, for o_proj / down_proj, columns) r of each checkpoint tensor;
+    the vocabulary's padding row is zero. Loading needs no process group, so both ranks load here."""
+    model_dir = _hf_checkpoint(tmp_path, tiny_model_dir, tied=False)
+    config = load_config(model_dir)
+    ckpt = load_file(model_dir / "model.safetensors")
+    cpu = torch.device("cpu")
+    for rank in (0, 1):
+        model = load_model(model_dir, config, cpu, torch.float32, progress=False, tp=TensorParallel(rank, 2))
+        shard = dict(model.named_parameters())
+        p = "model.layers.1."
+        q, kv = slice(rank * 32, rank * 32 + 32), slice(rank * 16, rank * 16 + 16)
+        expected_qkv = [ckpt[p + f"self_attn.{x}_proj.bias"][s] for x, s in (("q", q), ("k", kv), ("v", kv))]
+        torch.testing.assert_close(shard[p + "self_attn.qkv_proj.bias"], torch.cat(expected_qkv))
+        up = slice(rank * 48, rank * 48 + 48)
+        expected_gate_up = torch.cat(
+            [ckpt[p + "mlp.gate_proj.weight"][up], ckpt[p + "mlp.up_proj.weight"][up]]
+        )
+        torch.testing.assert_close(shard[p + "mlp.gate_up_proj.weight"], expected_gate_up)
+        torch.testing.assert_close(
+            shard[p + "self_attn.o_proj.weight"], ckpt[p + "self_attn.o_proj.weight"][:, q]
+        )
+        torch.testing.assert_close(shard[p + "mlp.down_proj.weight"], ckpt[p + "mlp.down_proj.weight"][:, up])
+        torch.testing.assert_close(shard["model.embed_tokens.weight"], ckpt["model.embed_tokens.weight"])
+        head = shard["lm_head.weight"]
+        assert head.shape == (128, 64)
+        real = ckpt["lm_head.weight"][rank * 128 : rank * 128 + 128]
+        torch.testing.assert_close(head[: len(real)], real)
+        assert not head[len(real) :].any()
+
+
+def test_tied_embeddings_and_an_uneven_vocabulary(tmp_path: Path, tiny_model_dir: Path) -> None:
+    model_dir = _hf_checkpoint(tmp_path, tiny_model_dir, tied=True)
+    one = ModelRunner(model_dir, **CPU)
+    two = ModelRunner(model_dir, tensor_parallel_size=2, **CPU)
+    try:
+        batch = prompts(255, (1, 9, 30))
+        tokens_1, logits_1 = greedy(one, batch, steps=12)
+        tokens_2, logits_2 = greedy(two, batch, steps=12)
+    finally:
+        two.close()
+    assert tokens_2 == tokens_1
+    for a, b in zip(logits_1, logits_2, strict=True):
+        assert b.shape == (3, 255)
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        (3, "num_attention_heads 4 is not divisible by tensor_parallel_size 3"),
+        (4, "num_key_value_heads 2 is not divisible by tensor_parallel_size 4"),
+        (0, "tensor_parallel_size must be positive"),
+    ],
+)
+def test_a_split_that_does_not_divide_fails_before_any_process_starts(
+    tiny_model_dir: Path, size: int, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        ModelRunner(tiny_model_dir, tensor_parallel_size=size, **CPU)
+    assert multiprocessing.active_children() == []
+
+
+def test_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings(model=Path("/m")).tensor_parallel_size == 1
+    monkeypatch.setenv("R1SERVE_TENSOR_PARALLEL_SIZE", "2")
+    assert Settings(model=Path("/m")).tensor_parallel_size == 2
+    with pytest.raises(ValidationError):
+        Settings(model=Path("/m"), tensor_parallel_size=0)
+
+
+def _kill_worker_once_started(stop: threading.Event) -> None:
+    while not stop.is_set():
+        for child in multiprocessing.active_children():
+            if child.name == "r1serve-tp1":
+                child.kill()
+                return
+        time.sleep(0.01)
+
+
+def test_a_worker_dying_at_start_up_is_reported(tiny_model_dir: Path) -> None:
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_worker_once_started, args=(stop,))
+    killer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(TensorParallelError, match=r"rank 1 (failed to start|died): exited with signal 9"):
+            ModelRunner(tiny_model_dir, tensor_parallel_size=2, **CPU)
+    finally:
+        stop.set()
+        killer.join()
+    assert time.monotonic() - started < 60  # reported, not waited out at a collective
+    assert multiprocessing.active_children() == []
+
+
+def test_a_worker_dying_while_serving_fails_every_later_step(tiny_model_dir: Path) -> None:
+    runner = ModelRunner(tiny_model_dir, tensor_parallel_size=2, **CPU)
+    failures: list[str] = []
+    runner.on_failure(failures.append)
+    step = [ScheduledSeq([5, 6, 7], 0, [0])]
+    try:
+        runner.run(step)
+        (worker,) = multiprocessing.active_children()
+        worker.kill()
+        worker.join()
+        for _ in range(2):
+            with pytest.raises(TensorParallelError, match="rank 1 died: exited with signal 9"):
+                runner.run(step)
+    finally:
+        runner.close()
+    assert failures and "rank 1 died" in failures[0]
+    assert multiprocessing.active_children() == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")  # a zombie no one has reaped yet is gone too
+
+
+def test_workers_exit_when_the_server_process_is_killed(tiny_model_dir: Path, tmp_path: Path) -> None:
+    script = tmp_path / "serve.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import multiprocessing, sys, time
+            from r1serve.model_runner import ModelRunner
+
+            if __name__ == "__main__":
+                runner = ModelRunner(sys.argv[1], tensor_parallel_size=2, **{CPU!r})
+                print(*[p.pid for p in multiprocessing.active_children()], flush=True)
+                time.sleep(300)
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    server = subprocess.Popen(
+        [sys.executable, str(script), str(tiny_model_dir)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        line = server.stdout.readline()
+        workers = [int(pid) for pid in line.split()]
+        assert len(workers) == 1, line
+        assert _alive(workers[0])
+        server.send_signal(signal.SIGKILL)  # no clean-up code runs
+        server.wait()
+        deadline = time.monotonic() + 20
+        while _alive(workers[0]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(workers[0]), "the worker outlived the server process"
+    finally:
+        server.kill()
+
+
+# -- two GPUs ------------------------------------------------------------------------------------------
+
+two_gpus = pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two CUDA GPUs"
+)
+
+
+@pytest.fixture(scope="module")
+def shape_1p5b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DeepSeek-R1-Distill-Qwen-1.5B's shape (12 query heads, 2 KV heads, 151,936 vocabulary) with
+    random weights and 4 of its 28 layers."""
+    from bench.shapes import write_checkpoint
+
+    return write_checkpoint(tmp_path_factory.mktemp("1p5b"), "1.5b", num_hidden_layers=4)
+
+
+GPU = dict(device="cuda", block_size=16, max_model_len=512, max_num_seqs=8, progress=False)
+
+
+@two_gpus
+def test_two_gpus_greedy_tokens_match_one_in_float32(shape_1p5b: Path) -> None:
+    """64 greedy tokens for 3 prompts, token for token, with CUDA graphs (NCCL all-reduce captured).
+
+    In float32: two ranks add the two halves of every o_proj / down_proj product after rounding each
+    (NCCL), one rank sums all of it inside one GEMM, so the results differ by rounding. In float32
+    that is ~1e-6 relative, far below the gap between a random model's top two logits; in bf16 it
+    is ~1e-2 and flips near-tied greedy choices, so bf16 is compared by logits below. The TP=2
+    runner sizes its KV cache automatically: rank 0 shares its GPU with the TP=1 runner, rank 1
+    does not, so the ranks' budgets differ and must agree on the smaller block count."""
+    one = ModelRunner(shape_1p5b, dtype="float32", kv_cache_memory=2**30, **GPU)
+    two = ModelRunner(shape_1p5b, dtype="float32", tensor_parallel_size=2, gpu_memory_utilization=0.5, **GPU)
+    try:
+        assert two.graphs is not None and two.num_blocks * two.block_size >= two.max_model_len
+        batch = prompts(one.config.vocab_size, (5, 40, 129))
+        tokens_1, logits_1 = greedy(one, batch, steps=64)
+        tokens_2, logits_2 = greedy(two, batch, steps=64)
+    finally:
+        two.close()
+    assert tokens_2 == tokens_1
+    for a, b in zip(logits_1, logits_2, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3)
+
+
+@two_gpus
+def test_two_gpus_bf16_logits_match_one(shape_1p5b: Path) -> None:
+    one = ModelRunner(shape_1p5b, kv_cache_memory=2**30, **GPU)
+    two = ModelRunner(shape_1p5b, kv_cache_memory=2**30, tensor_parallel_size=2, **GPU)
+    try:
+        assert one.dtype == two.dtype == torch.bfloat16
+        batch = prompts(one.config.vocab_size, (5, 40, 129))
+        tokens_1, logits_1 = greedy(one, batch, steps=16)
+        tokens_2, logits_2 = greedy(two, batch, steps=16)
+    finally:
+        two.close()
+    # the prefill (same inputs on both): bf16 rounding of the split sums only
+    err = float((logits_2[0] - logits_1[0]).abs().max())
+    scale = float(logits_1[0].abs().max())
+    print(
+        f"bf16 prefill max |logit diff| {err:.4f} of {scale:.2f}; greedy tokens equal: {tokens_2 == tokens_1}"
+    )
+    assert err <= 0.02 * scale
