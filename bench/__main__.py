@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--levels", default="1,8,32,64,128,256", help="online concurrency levels")
     ap.add_argument("--offline-requests", type=int, default=256)
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--tp", type=int, default=1, help="tensor_parallel_size: GPUs the model is split over")
     ap.add_argument("--model-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("bench-out"))
     args = ap.parse_args()
@@ -78,7 +79,8 @@ def main() -> None:
         "command": vars(args) | {"out": str(args.out)},
     }
 
-    copy_bw = hardware.copy_bandwidth()
+    # with --tp N a step reads its weights from N cards at once: the ceilings are N cards' bandwidth
+    copy_bw = hardware.copy_bandwidth() * args.tp
     cfg = shapes.SHAPES[args.shape]
     weight_bytes = shapes.bytes_per_decode_step(cfg)
     kv_tok = shapes.kv_bytes_per_token(cfg)
@@ -108,7 +110,9 @@ def main() -> None:
         table("peer: transformers generate()", [result["peer"]])
 
     if "decode" in cases or "offline" in cases:
-        engine = engine_cases.build_engine(model_dir, max_num_seqs=256, enforce_eager=args.enforce_eager)
+        engine = engine_cases.build_engine(
+            model_dir, max_num_seqs=256, enforce_eager=args.enforce_eager, tensor_parallel_size=args.tp
+        )
         if "decode" in cases:
             logs, wall, out = engine_cases.run_requests(engine, [(128, 256)], label="batch-1 decode")
             steps = engine_cases.decode_steps(logs)
@@ -137,11 +141,12 @@ def main() -> None:
             if "peer" in result:
                 result["offline"]["x_peer_b256"] = out / wall / result["peer"]["b256_512in_256out_tok_s"]
             table("offline: 256 requests, lengths uniform in 100-1024", [result["offline"]])
+        engine.runner.close()  # tensor parallel: the workers hold the other GPUs
         del engine
         free_gpu()
 
     if "coldstart" in cases or "online" in cases:
-        ready_s, server = online.cold_start(model_dir, args.out / "server.log")
+        ready_s, server = online.cold_start(model_dir, args.out / "server.log", args.tp)
         result["cold_start_s"] = ready_s
         console.print(f"cold start to /ready: {ready_s:.1f} s")
         try:

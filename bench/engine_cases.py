@@ -25,10 +25,13 @@ class StepLog:
     context_tokens: int  # KV tokens the step's attention read
 
 
-def build_engine(model_dir: Path, *, max_num_seqs: int, enforce_eager: bool) -> LLMEngine:
+def build_engine(
+    model_dir: Path, *, max_num_seqs: int, enforce_eager: bool, tensor_parallel_size: int = 1
+) -> LLMEngine:
     runner = ModelRunner(
-        model_dir, max_model_len=MAX_MODEL_LEN, enforce_eager=enforce_eager, max_num_seqs=max_num_seqs
-    )
+        model_dir, max_model_len=MAX_MODEL_LEN, enforce_eager=enforce_eager, max_num_seqs=max_num_seqs,
+        tensor_parallel_size=tensor_parallel_size,
+    )  # fmt: skip
     runner.warmup()
     return LLMEngine(runner, max_num_seqs=max_num_seqs, max_num_batched_tokens=MAX_NUM_BATCHED_TOKENS)
 
@@ -91,7 +94,7 @@ def offline_requests(n: int = 256, lo: int = 100, hi: int = 1024, seed: int = 0)
 def graph_step_ms(engine: LLMEngine, batch: int = 1, iters: int = 100) -> float:
     """GPU time of one captured decode step alone (no scheduling, sampling or Python between steps)."""
     graphs = engine.runner.graphs
-    if graphs is None:
+    if graphs is None or engine.runner.tp.size > 1:  # rank 0's graph alone would wait for the others
         return float("nan")
     size = next(s for s in graphs.sizes if s >= batch)
     graph = graphs.graphs[size]

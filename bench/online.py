@@ -147,11 +147,14 @@ def summarise(concurrency: int, results: list[RequestTiming], wall: float) -> di
     }
 
 
-def cold_start(model_dir: Path, log: Path) -> tuple[float, ServerProcess]:
+def cold_start(model_dir: Path, log: Path, tensor_parallel_size: int = 1) -> tuple[float, ServerProcess]:
     """Seconds from process start to /ready (weights load, KV sizing, warm-up, graph capture)."""
-    server = ServerProcess(
-        model_dir, settings={"max_num_seqs": 256, "served_model_name": "bench"}, log_path=log
-    )
+    settings = {
+        "max_num_seqs": 256,
+        "served_model_name": "bench",
+        "tensor_parallel_size": tensor_parallel_size,
+    }
+    server = ServerProcess(model_dir, settings=settings, log_path=log)
     start = time.perf_counter()
     server.start(ready_timeout=600)
     return time.perf_counter() - start, server

@@ -102,13 +102,18 @@ def pad_vocabulary(path: Path, size: int) -> None:
     path.write_text(json.dumps(data, ensure_ascii=False))
 
 
-def write_checkpoint(out_dir: Path, shape: str, shard_bytes: int = 4 * 2**30) -> Path:
-    """A Hugging Face checkpoint of `shape` with random bf16 weights (sharded like the real ones)."""
+def write_checkpoint(
+    out_dir: Path, shape: str, shard_bytes: int = 4 * 2**30, num_hidden_layers: int | None = None
+) -> Path:
+    """A Hugging Face checkpoint of `shape` with random bf16 weights (sharded like the real ones);
+    `num_hidden_layers` makes a shallower one (tests)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_tiny_model(out_dir)  # tokenizer, tokenizer_config (chat template), generation_config
     (out_dir / "model.safetensors").unlink()
     tok = build_tokenizer()
     cfg = SHAPES[shape] | {"bos_token_id": tok.token_to_id("<｜begin▁of▁sentence｜>")}
+    if num_hidden_layers is not None:
+        cfg["num_hidden_layers"] = num_hidden_layers
     pad_vocabulary(out_dir / "tokenizer.json", cfg["vocab_size"])
     cfg["eos_token_id"] = tok.token_to_id("<｜end▁of▁sentence｜>")
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=2))
