@@ -38,7 +38,7 @@ class EngineError(RuntimeError):
     """The engine failed while computing this request (HTTP 500)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class TokenEvent:
     token_ids: list[int]
     finish_reason: FinishReason | None = None
