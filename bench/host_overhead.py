@@ -5,7 +5,7 @@ It drives the real LLMEngine (scheduler, block manager, sampler, sequences) over
 ignored, max_num_seqs 256, max_num_batched_tokens as there) with a stand-in runner that returns random
 logits at once. That isolates the host cost; the GPU cost is what `python -m bench` measures on the GPU
 machine. It also times the host preparation that ModelRunner does before the GPU can start:
-`ModelRunner._metadata` for the largest mixed step of the run (on the tiny model: its cost depends on
+`ModelRunner._metadata` for a mixed step of the run (on the tiny model: its cost depends on
 the batch, not the weights) and `stage_decode_inputs`, the host half of a CUDA-graph decode step, at
 batch 256.
 
@@ -44,8 +44,9 @@ console = Console()
 
 class InstantRunner:
     """Stands in for ModelRunner: no model, no device; every step returns rows of one random logits
-    tensor (drawn once, so drawing it is not timed). Keeps copies of the largest mixed batch and the
-    first full decode batch it sees, for timing ModelRunner's own host preparation afterwards."""
+    tensor (drawn once, so drawing it is not timed). Keeps a copy of the first mixed batch with at
+    least half the sequences decoding and of the first full decode batch, for timing ModelRunner's
+    own host preparation afterwards."""
 
     def __init__(self, vocab: int, num_blocks: int) -> None:
         self.device = torch.device("cpu")
@@ -60,7 +61,7 @@ class InstantRunner:
         decode_rows = sum(len(s.token_ids) == 1 for s in batch)
         if decode_rows == len(batch) == MAX_NUM_SEQS and not self.decode:
             self.decode = _copy(batch)
-        elif 0 < decode_rows < len(batch) and len(batch) > len(self.mixed):
+        elif MAX_NUM_SEQS // 2 <= decode_rows < len(batch) and not self.mixed:
             self.mixed = _copy(batch)
         return self.logits[: len(batch)]
 
@@ -113,7 +114,7 @@ def run_offline(vocab: int, profile: int) -> tuple[LLMEngine, list[StepTimes], f
 
 
 def runner_prep(runner: InstantRunner) -> list[tuple[str, list[float]]]:
-    """Host seconds of ModelRunner._metadata on the largest mixed step and of the graph staging."""
+    """Host seconds of ModelRunner._metadata on a mixed step and of the graph staging."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         from r1serve.tiny_model import write_tiny_model

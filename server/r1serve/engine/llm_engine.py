@@ -126,7 +126,7 @@ class LLMEngine:
         t2 = clock()
         logits = self.runner.run(batch)
         t3 = clock()
-        rows = [i for i, c in enumerate(chunks) if c.completes_sequence]
+        rows = [i for i, c in enumerate(chunks) if c.start + c.num_tokens == len(c.seq.token_ids)]
         tokens = None
         if rows:
             if len(rows) < len(chunks):  # a prompt chunk short of its end samples nothing
@@ -141,8 +141,7 @@ class LLMEngine:
             )
         t4 = clock()
         # While the GPU still computes: this bookkeeping needs no sampled token.
-        for chunk in chunks:
-            scheduler.complete(chunk)
+        scheduler.complete(*chunks)
         t5 = clock()
         sampled: list[int] = [] if tokens is None else tokens.tolist()  # the step's one host sync
         t6 = clock()

@@ -154,7 +154,12 @@ class Scheduler:
             prefill_budget -= n
         return chunks
 
-    def complete(self, chunk: ScheduledChunk) -> None:
-        """Account for a computed chunk: its K/V is now in the cache."""
-        chunk.seq.num_computed_tokens = chunk.start + chunk.num_tokens
-        self.block_manager.commit(chunk.seq)
+    def complete(self, *chunks: ScheduledChunk) -> None:
+        """Account for computed chunks: their K/V is now in the cache."""
+        bm = self.block_manager
+        bs = bm.block_size
+        for chunk in chunks:
+            seq = chunk.seq
+            seq.num_computed_tokens = done = chunk.start + chunk.num_tokens
+            if done // bs > seq.num_hashed_blocks:  # a block just filled (1 decode step in block_size)
+                bm.commit(seq)
