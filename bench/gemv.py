@@ -35,6 +35,7 @@ from bench import hardware, shapes
 
 console = Console()
 DTYPE = torch.bfloat16
+DEVICE = "cuda"
 
 
 def matmul_shapes(cfg: dict) -> dict[str, tuple[int, int, bool]]:
@@ -103,9 +104,9 @@ def matmul_case(label: str, n: int, k: int, bias: bool, m: int, l2_bytes: int, c
     weight_bytes = n * k * DTYPE.itemsize
     copies = max(2, math.ceil(4 * l2_bytes / weight_bytes))
     calls = max(20, copies)
-    weights = [torch.randn(n, k, device="cuda", dtype=DTYPE) * 0.02 for _ in range(copies)]
-    b = torch.randn(n, device="cuda", dtype=DTYPE) * 0.1 if bias else None
-    x = torch.randn(m, k, device="cuda", dtype=DTYPE)
+    weights = [torch.randn(n, k, device=DEVICE, dtype=DTYPE) * 0.02 for _ in range(copies)]
+    b = torch.randn(n, device=DEVICE, dtype=DTYPE) * 0.1 if bias else None
+    x = torch.randn(m, k, device=DEVICE, dtype=DTYPE)
     cublas_us = graph_us(lambda: [F.linear(x, weights[i % copies], b) for i in range(calls)], calls)
     triton_us = graph_us(lambda: [triton_gemv.gemv(x, weights[i % copies], b) for i in range(calls)], calls)
     want = F.linear(x, weights[0], b).float()
@@ -226,7 +227,7 @@ class Stack:
         def add_norm(inp: torch.Tensor, weight: torch.Tensor, h: torch.Tensor, norm: torch.Tensor):
             if residual == "add_rms_norm":
                 return triton_fused.add_rms_norm(linear(inp, weight), h, norm, eps)
-            if residual == "epilogue":
+            if residual == "epilogue" and triton_gemv.supports(inp, weight):
                 h = triton_gemv.gemv(inp, weight, residual=h)
             else:
                 h = h + linear(inp, weight)
@@ -265,7 +266,7 @@ VARIANTS: dict[str, tuple[Callable, bool, str]] = {
 
 
 def stack_cases(cfg: dict, shape: str, rows: int, num_layers: int, copy_bw: float) -> list[dict]:
-    stack = Stack.random(cfg, rows, num_layers)
+    stack = Stack.random(cfg, rows, num_layers, DEVICE)
     results = []
     reference: dict[bool, torch.Tensor] = {}
     for head in (False, True):
@@ -319,6 +320,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=28)
     ap.add_argument("--out", type=Path, default=Path("bench-out"))
     args = ap.parse_args()
+    unknown = {*args.shapes.split(","), args.stack_shape} - set(shapes.SHAPES)
+    if unknown:
+        ap.error(f"unknown shapes {sorted(unknown)}; bench/shapes.py has {sorted(shapes.SHAPES)}")
     args.out.mkdir(parents=True, exist_ok=True)
     props = torch.cuda.get_device_properties(0)
     l2_bytes = getattr(props, "L2_cache_size", 50 * 2**20)
@@ -328,6 +332,10 @@ def main() -> None:
         "command": vars(args) | {"out": str(args.out)},
     }
     console.print(result["hardware"])
+    path = args.out / "gemv.json"
+
+    def save() -> None:  # after each part, so a later failure keeps what was measured
+        path.write_text(json.dumps(result, indent=2))
 
     matmuls = []
     for shape in args.shapes.split(","):
@@ -344,6 +352,7 @@ def main() -> None:
                         f"triton {row['triton_us']:.1f} µs ({row['triton_of_copy_bw']:.0%}), {row['config']}"
                     )
     result["matmuls"] = matmuls
+    save()
     print_table(
         f"skinny matmuls, bf16, µs per call from a CUDA graph (copy bandwidth {copy_bw / 1e9:,.0f} GB/s)",
         matmuls,
@@ -363,8 +372,16 @@ def main() -> None:
         stacks,
         ["case", "variant", "M", "ms_per_step", "gb_s", "of_copy_bw", "rel_diff_vs_today"],
     )
-    path = args.out / "gemv.json"
-    path.write_text(json.dumps(result, indent=2))
+    save()
+    timed_stacks = [r for r in stacks if "ms_per_step" in r]
+    for case, rows in sorted({(r["case"], r["M"]) for r in timed_stacks}):
+        timed = [r for r in timed_stacks if (r["case"], r["M"]) == (case, rows)]
+        today, best = timed[0], min(timed, key=lambda r: r["ms_per_step"])
+        console.print(
+            f"{case}, M={rows}: {today['variant']} {today['ms_per_step']:.3f} ms "
+            f"({today['of_copy_bw']:.0%} of copy bandwidth) -> {best['variant']} "
+            f"{best['ms_per_step']:.3f} ms ({best['of_copy_bw']:.0%})"
+        )
     console.print(f"wrote {path}")
 
 
