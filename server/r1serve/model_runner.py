@@ -25,7 +25,7 @@ from r1serve.cuda_graphs import DecodeGraphs
 from r1serve.model import AttentionMetadata, CausalLM, load_model
 from r1serve.model.parallel import TensorParallel, init_process_group
 from r1serve.tokenizer import Tokenizer
-from r1serve.tp_worker import Leader, Workers
+from r1serve.tp_worker import Leader, TensorParallelError, Workers
 
 log = logging.getLogger(__name__)
 CPU_KV_CACHE_BYTES = 256 * 2**20
@@ -136,8 +136,15 @@ class ModelRunner:
             self._build(
                 model_dir, kv_cache_memory, gpu_memory_utilization, max_num_seqs, enforce_eager, progress
             )
-        except BaseException:
+        except BaseException as exc:
+            # A collective broken by a worker that died at start-up says little: name the worker.
+            # (Bad settings or checkpoints raise ValueError / CheckpointError on every rank alike.)
+            died = None
+            if self._workers is not None and isinstance(exc, RuntimeError):
+                died = None if isinstance(exc, TensorParallelError) else self._workers.death()
             self.close()
+            if died is not None:
+                raise TensorParallelError(died) from exc
             raise
 
     def _build(

