@@ -107,10 +107,11 @@ if triton is not None:
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_m = tl.arange(0, BLOCK_M)
         offs_k = tl.arange(0, BLOCK_K)
-        # rows past N (and padding rows past M) re-read valid rows rather than masking every load;
-        # the store drops them
+        # weight rows past N re-read valid rows rather than masking every load; the store drops them
         w_ptrs = w_ptr + (offs_n % N).to(tl.int64)[:, None] * stride_wn + offs_k[None, :]
-        x_ptrs = x_ptr + (offs_m % M)[:, None] * stride_xm + offs_k[None, :]
+        # the padding rows of x (up to 16 for tl.dot) are masked: zero-filled, never fetched
+        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]
+        in_m = offs_m[:, None] < M
         # in whole steps, so the compiler knows every k is a multiple of BLOCK_K (aligned wide loads)
         k_start = pid_k * steps_per_split * BLOCK_K
         k_end = tl.minimum(k_start + steps_per_split * BLOCK_K, K)
@@ -121,11 +122,11 @@ if triton is not None:
         for k in range(k_start, k_end, BLOCK_K):
             if EVEN_K:
                 w = tl.load(w_ptrs + k, eviction_policy="evict_first")
-                x = tl.load(x_ptrs + k)
+                x = tl.load(x_ptrs + k, mask=in_m, other=0.0)
             else:
                 in_k = (k + offs_k)[None, :] < K
                 w = tl.load(w_ptrs + k, mask=in_k, other=0.0, eviction_policy="evict_first")
-                x = tl.load(x_ptrs + k, mask=in_k, other=0.0)
+                x = tl.load(x_ptrs + k, mask=in_m & in_k, other=0.0)
             if DOT:
                 acc = tl.dot(w, tl.trans(x), acc, input_precision=DOT_PRECISION)
             else:
