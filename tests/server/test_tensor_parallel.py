@@ -36,6 +36,10 @@ from safetensors.torch import load_file
 CPU = dict(
     device="cpu", dtype="float32", block_size=8, max_model_len=256, kv_cache_memory=2**20, progress=False
 )
+# the failure tests also run over NCCL where there are two GPUs (CUDA graphs captured, bf16)
+FAILURE_SETTINGS = [CPU] + (
+    [CPU | dict(device="cuda", dtype="bfloat16", max_num_seqs=8)] if torch.cuda.device_count() >= 2 else []
+)
 
 
 def greedy(
@@ -211,14 +215,15 @@ def _kill_worker_once_started(stop: threading.Event) -> None:
         time.sleep(0.01)
 
 
-def test_a_worker_dying_at_start_up_is_reported(tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("settings", FAILURE_SETTINGS, ids=lambda s: s["device"])
+def test_a_worker_dying_at_start_up_is_reported(tiny_model_dir: Path, settings: dict) -> None:
     stop = threading.Event()
     killer = threading.Thread(target=_kill_worker_once_started, args=(stop,))
     killer.start()
     started = time.monotonic()
     try:
         with pytest.raises(TensorParallelError, match=r"rank 1 (failed to start|died): exited with signal 9"):
-            ModelRunner(tiny_model_dir, tensor_parallel_size=2, **CPU)
+            ModelRunner(tiny_model_dir, tensor_parallel_size=2, **settings)
     finally:
         stop.set()
         killer.join()
@@ -226,8 +231,9 @@ def test_a_worker_dying_at_start_up_is_reported(tiny_model_dir: Path) -> None:
     assert multiprocessing.active_children() == []
 
 
-def test_a_worker_dying_while_serving_fails_every_later_step(tiny_model_dir: Path) -> None:
-    runner = ModelRunner(tiny_model_dir, tensor_parallel_size=2, **CPU)
+@pytest.mark.parametrize("settings", FAILURE_SETTINGS, ids=lambda s: s["device"])
+def test_a_worker_dying_while_serving_fails_every_later_step(tiny_model_dir: Path, settings: dict) -> None:
+    runner = ModelRunner(tiny_model_dir, tensor_parallel_size=2, **settings)
     failures: list[str] = []
     runner.on_failure(failures.append)
     step = [ScheduledSeq([5, 6, 7], 0, [0])]
