@@ -14,8 +14,9 @@ add. Accumulation is fp32 with one rounding at the end, like cuBLAS; with a resi
 rounded first, exactly like `residual + F.linear(x, weight)`.
 
 Configs are timed per (device, rows rounded up to a power of two, N, K, dtype) on the first call
-that is not under CUDA-graph capture (the warm-up forward before capture does it); under capture a
-shape never timed gets a heuristic config, so capture never compiles and times candidates.
+that is not under CUDA-graph capture: the warm-up forward before capture does it. Nothing is timed
+or compiled under capture (a kernel's first launch loads its module, which CUDA forbids while a
+stream is capturing), so a shape first seen under capture falls back to cuBLAS.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 try:
     import triton
@@ -351,18 +353,20 @@ def config_for(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
-) -> GemvConfig:
-    """The config `gemv` uses for these arguments, timing the candidates first if it may."""
+) -> GemvConfig | None:
+    """The config `gemv` uses for these arguments, timed (or, with autotune off, chosen) on the
+    first call outside graph capture; None under capture for a shape never seen before."""
     (m, k), n = x.shape, weight.shape[0]
     if not x.is_cuda:  # the Triton interpreter (tests): nothing to time
         return heuristic(m, n, k, sms=4)
     key = tune_key(x, weight)
     cfg = _chosen.get(key)
-    if cfg is not None:
-        return cfg
-    if not _autotune or torch.cuda.is_current_stream_capturing():
-        return heuristic(m, n, k, torch.cuda.get_device_properties(x.device).multi_processor_count)
-    cfg = _chosen[key] = _tune(x, weight, bias, residual)
+    if cfg is None and not torch.cuda.is_current_stream_capturing():
+        if _autotune:
+            cfg = _tune(x, weight, bias, residual)
+        else:
+            cfg = heuristic(m, n, k, torch.cuda.get_device_properties(x.device).multi_processor_count)
+        _chosen[key] = cfg
     return cfg
 
 
@@ -378,4 +382,10 @@ def gemv(
     [M, N] tensor of x's dtype. `config` pins a config (tests, benchmarks) instead of the tuned one."""
     if config is None:
         config = config_for(x, weight, bias, residual)
+    if config is None:
+        log.warning(
+            "gemv %s x %s first seen under CUDA-graph capture: cuBLAS", tuple(x.shape), tuple(weight.shape)
+        )
+        out = F.linear(x, weight, bias)
+        return out if residual is None else residual + out
     return _launcher(x, weight, bias, residual, config)()
