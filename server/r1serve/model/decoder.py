@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from r1serve.checkpoint import ModelConfig
+from r1serve.model import triton_fused
 from r1serve.model.attention import AttentionMetadata, paged_attention, store_kv
 from r1serve.model.layers import RMSNorm, SwiGLU
 from r1serve.model.parallel import SINGLE, ColumnParallelLinear, RowParallelLinear, TensorParallel
@@ -40,7 +41,15 @@ class Attention(nn.Module):
         self.v_cache = torch.empty(0)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        qkv = self.qkv_proj(x)
+        if triton_fused.supports(qkv) and self.head_dim & (self.head_dim - 1) == 0:
+            # rotary and the K/V store in one launch (a decode step is bound by launches, not math)
+            q = triton_fused.rope_store_kv(
+                qkv, positions, self.rotary.inv_freq(positions.device), self.k_cache, self.v_cache,
+                meta.slot_mapping, self.num_heads, self.num_kv_heads, self.head_dim,
+            )  # fmt: skip
+            return self.o_proj(paged_attention(q, self.k_cache, self.v_cache, meta).flatten(1))
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
@@ -58,9 +67,17 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, tp)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor, meta: AttentionMetadata
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this layer's MLP output, the residual stream before it); the next layer's norm adds them,
+        so each add shares a launch with a norm (vLLM's layout, same arithmetic as transformers)."""
+        if residual is None:
+            residual, h = x, self.input_layernorm(x)
+        else:
+            h, residual = self.input_layernorm.add_forward(x, residual)
+        h, residual = self.post_attention_layernorm.add_forward(self.self_attn(h, positions, meta), residual)
+        return self.mlp(h), residual
 
 
 class DecoderModel(nn.Module):
@@ -68,18 +85,16 @@ class DecoderModel(nn.Module):
         super().__init__()
         rotary = RotaryEmbedding(config.head_dim, config.rope)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(
-            DecoderLayer(config, rotary, tp) for _ in range(config.num_hidden_layers)
-        )
+        self.layers = nn.ModuleList(DecoderLayer(config, rotary, tp) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
-        x = self.embed_tokens(input_ids)
+        x, residual = self.embed_tokens(input_ids), None
         for layer in self.layers:
-            x = layer(x, positions, meta)
-        return self.norm(x)
+            x, residual = layer(x, residual, positions, meta)
+        return self.norm.add_forward(x, residual)[0] if residual is not None else self.norm(x)
 
 
 class CausalLM(nn.Module):

@@ -25,6 +25,15 @@ class RMSNorm(nn.Module):
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(dtype)
 
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(residual + x), residual + x): the residual stream's add and the next norm. On the GPU
+        one launch that updates `residual` in place; the sum is rounded to the dtype first, exactly
+        like transformers' `hidden = residual + hidden`."""
+        if triton_fused.supports(x):
+            return triton_fused.add_rms_norm(x, residual, self.weight, self.eps)
+        residual = residual + x
+        return self(residual), residual
+
 
 class SwiGLU(nn.Module):
     """down(silu(gate(x)) * up(x)), gate and up fused into one matmul. Tensor parallel: each rank

@@ -41,16 +41,19 @@ class RotaryEmbedding(torch.nn.Module):
         # computed on the CPU even when the model is built on the meta device; copied per device on use
         self._inv_freq = {torch.device("cpu"): inverse_frequencies(head_dim, rope)}
 
+    def inv_freq(self, device: torch.device) -> torch.Tensor:
+        """The float32 inverse frequencies `[head_dim / 2]` on `device`."""
+        inv_freq = self._inv_freq.get(device)
+        if inv_freq is None:
+            inv_freq = self._inv_freq[device] = self._inv_freq[torch.device("cpu")].to(device)
+        return inv_freq
+
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotates q `[tokens, heads, d]` and k `[tokens, kv_heads, d]` by their positions `[tokens]`."""
         # angles in float32 (as transformers does), then applied in the activations' dtype
-        inv_freq = self._inv_freq.get(positions.device)
-        if inv_freq is None:
-            inv_freq = self._inv_freq[positions.device] = self._inv_freq[torch.device("cpu")].to(
-                positions.device
-            )
+        inv_freq = self.inv_freq(positions.device)
         if triton_fused.supports(q):
             triton_fused.rope_(q, k, positions, inv_freq)
             return q, k
