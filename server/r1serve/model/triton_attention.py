@@ -136,7 +136,9 @@ if triton is not None:
                 hi = mid
         return lo - 1
 
-    @triton.jit
+    # batch and the block-table width change every step; specialised (==1, multiple of 16) they
+    # would compile new variants mid-serving
+    @triton.jit(do_not_specialize=["batch", "stride_bt"])
     def _paged_attention_kernel(
         q_ptr,
         k_ptr,
