@@ -1,5 +1,10 @@
 """Skinny matmul for decode steps: `x @ weight.T (+ bias) (+ residual)` for 1 to 16 rows of x.
 
+An experiment that `python -m bench.gemv` reproduces, not server code: on the H200 it did not beat
+cuBLAS in a 28-layer 1.5B decode stack (1.530 against 1.498 ms a step; per matrix it won only o_proj
+at one row and the LM head by 5%), and some of its split-K configs did not round the exact product
+once on the GPU. The server uses cuBLAS and the fused elementwise kernels (`r1serve.model.triton_fused`).
+
 At batch 1-16 a decode step's matmuls read every weight once and do almost no arithmetic, so their
 time is the time to stream the weights from HBM; cuBLAS reaches ~59% of the copy bandwidth there
 (docs/PERFORMANCE.md). This kernel is built only to stream: each program owns BLOCK_N weight rows and
@@ -14,7 +19,7 @@ add. Accumulation is fp32 with one rounding at the end, like cuBLAS; with a resi
 rounded first, exactly like `residual + F.linear(x, weight)`.
 
 Configs are timed per (device, rows rounded up to a power of two, N, K, dtype) on the first call
-that is not under CUDA-graph capture: the warm-up forward before capture does it. Nothing is timed
+that is not under CUDA-graph capture (bench.gemv makes one before capturing). Nothing is timed
 or compiled under capture (a kernel's first launch loads its module, which CUDA forbids while a
 stream is capturing), so a shape first seen under capture falls back to cuBLAS.
 """
