@@ -130,8 +130,7 @@ class Workers:
                 pass
             if rank in self._reports:
                 return self._reports[rank]
-        code = proc.exitcode
-        return f"exited with {f'signal {-code}' if code is not None and code < 0 else f'code {code}'}"
+        return exit_description(proc.exitcode)
 
     # -- serving -------------------------------------------------------------------------------------
 
@@ -224,11 +223,22 @@ class Leader:
         destroy_process_group()
 
 
+def exit_description(code: int | None) -> str:
+    """How a child process ended, from its exit code, in the words the error messages use."""
+    return f"exited with {f'signal {-code}' if code is not None and code < 0 else f'code {code}'}"
+
+
 def _exit_with_parent() -> None:
     parent = mp.parent_process()
     if parent is not None:
-        parent.join()  # returns when rank 0's process has exited, however it ended
+        parent.join()  # returns when the parent process has exited, however it ended
         os._exit(1)
+
+
+def start_lifeline() -> None:
+    """In a spawned child: exit as soon as the parent process is gone, so no child outlives the server
+    holding a GPU (a SIGKILL of the parent runs none of its clean-up)."""
+    threading.Thread(target=_exit_with_parent, name="r1serve-lifeline", daemon=True).start()
 
 
 def worker_main(
@@ -246,7 +256,7 @@ def worker_main(
     logging.basicConfig(
         level=log_level, format=f"%(asctime)s %(levelname)s tp-rank-{rank} %(name)s: %(message)s"
     )
-    threading.Thread(target=_exit_with_parent, name="r1serve-tp-lifeline", daemon=True).start()
+    start_lifeline()
     leader = Leader(rank, store_port, conn)
     try:
         runner = ModelRunner(model_dir, **settings, tensor_parallel_size=size, _leader=leader)

@@ -17,6 +17,20 @@ N = 12  # output tokens per request (ignore_eos makes the count exact)
 EXACT = {"ignore_eos": True}
 
 
+@pytest.fixture(scope="module", params=[True, False], ids=["engine-process", "engine-thread"])
+def live_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """The API must behave the same whichever way the engine runs (the `engine_process` setting)."""
+    from r1serve.tiny_model import write_tiny_model
+
+    model_dir = tmp_path_factory.mktemp("live-model")
+    write_tiny_model(model_dir)
+    log = tmp_path_factory.mktemp("live-log") / "server.log"
+    with ServerProcess(model_dir, settings={"engine_process": request.param}, log_path=log) as server:
+        yield server
+
+
 @pytest.fixture(scope="module")
 def client(live_server: ServerProcess) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=f"{live_server.base_url}/v1", api_key="unused", max_retries=0) as c:

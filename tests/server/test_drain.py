@@ -11,7 +11,11 @@ import time
 import httpx
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # the engine in its own process (the default) must drain as the engine thread does, then stop cleanly
+    pytest.mark.parametrize("engine_process", [True, False], ids=["engine-process", "engine-thread"]),
+]
 
 TOKENS = 200
 
@@ -41,8 +45,8 @@ def stream_completion(base_url: str, model: str, started: threading.Event, resul
         started.set()
 
 
-def test_sigterm_drains_in_flight_streams_then_exits_zero(start_server) -> None:
-    server = start_server(drain_timeout=120)
+def test_sigterm_drains_in_flight_streams_then_exits_zero(start_server, engine_process: bool) -> None:
+    server = start_server(drain_timeout=120, engine_process=engine_process)
     model = server.model_dir.name
     started = [threading.Event() for _ in range(4)]
     results: list[dict] = [{} for _ in range(4)]
@@ -76,8 +80,8 @@ def test_sigterm_drains_in_flight_streams_then_exits_zero(start_server) -> None:
     assert in_flight_when_unready > 0
 
 
-def test_drain_timeout_cuts_what_is_left_and_still_exits_zero(start_server) -> None:
-    server = start_server(drain_timeout=1)
+def test_drain_timeout_cuts_what_is_left_and_still_exits_zero(start_server, engine_process: bool) -> None:
+    server = start_server(drain_timeout=1, engine_process=engine_process)
     body = {"model": server.model_dir.name, "prompt": "Go", "max_tokens": 3000, "ignore_eos": True}
     body["stream"] = True
     lines = []

@@ -1,7 +1,9 @@
 """What the routes share: settings, the loaded model and engine, readiness, metrics and drain.
 
-The checkpoint loads in a background thread so /health answers (and /ready says 503) while a large
-model loads; a checkpoint that cannot load stops the server with a one-line error and exit 1.
+The checkpoint loads in a background thread (or, with `engine_process`, in the engine process) so
+/health answers (and /ready says 503) while a large model loads; a checkpoint that cannot load stops
+the server with a one-line error and exit 1, and so does an engine (process or tensor-parallel
+worker) that dies while serving.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from r1serve.api.drain import RETRY_AFTER_SECONDS, Drain
 from r1serve.api.errors import APIError
 from r1serve.api.metrics import EngineState, Metrics
 from r1serve.config import Settings
-from r1serve.engine.async_engine import AsyncEngine
-from r1serve.engine.llm_engine import LLMEngine, StepResult
+from r1serve.engine.async_engine import AsyncEngine, EngineClient
+from r1serve.engine.core import EngineStats
+from r1serve.engine.loader import EngineStartError, build_engine
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +32,11 @@ class ServerState:
         self.on_fatal = on_fatal
         self.drain = Drain()
         self.metrics = Metrics(self.model_name, self._engine_state)
-        self.runner = None  # r1serve.model_runner.ModelRunner once loaded
-        self.engine: AsyncEngine | None = None
+        # once loaded: the ModelRunner, or with an engine process its ModelInfo (tokenizer, sizes)
+        self.runner = None
+        self.engine: EngineClient | None = None
+        self._starting: EngineClient | None = None  # an engine process while its model loads
+        self._stopped = False
         self.ready = False
         self.created = int(time.time())
 
@@ -38,8 +44,7 @@ class ServerState:
         engine = self.engine
         if engine is None:
             return None
-        preemptions = engine.engine.scheduler.num_preemptions
-        return engine.num_running, engine.num_waiting, engine.kv_cache_usage, preemptions
+        return engine.num_running, engine.num_waiting, engine.kv_cache_usage, engine.num_preemptions
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -48,65 +53,59 @@ class ServerState:
         threading.Thread(target=self._load, args=(loop,), name="r1serve-load", daemon=True).start()
 
     def _load(self, loop: asyncio.AbstractEventLoop) -> None:
-        from r1serve.checkpoint import CheckpointError
-        from r1serve.model_runner import ModelRunner
-
         s = self.settings
+
+        def failed(message: str) -> None:  # a dead tensor-parallel worker or engine process
+            loop.call_soon_threadsafe(self._failed, message)
+
         try:
-            started = time.monotonic()
-            runner = ModelRunner(
-                s.model,
-                device=s.device,
-                dtype=s.dtype,
-                kv_cache_memory=int(s.kv_cache_memory),
-                gpu_memory_utilization=s.gpu_memory_utilization,
-                block_size=s.block_size,
-                max_model_len=s.max_model_len,
-                progress=True,
-                enforce_eager=s.enforce_eager,
-                max_num_seqs=s.max_num_seqs,
-                tensor_parallel_size=s.tensor_parallel_size,
-            )
-            # a dead tensor-parallel worker leaves the model unusable: exit, and let the pod restart
-            runner.on_failure(lambda message: loop.call_soon_threadsafe(self.on_fatal, message))
-            runner.warmup()
-        except (CheckpointError, ValueError, OSError) as exc:
-            loop.call_soon_threadsafe(self.on_fatal, str(exc))
-            return
+            if s.engine_process:
+                from r1serve.engine.engine_process import EngineProcess
+
+                self._starting = engine = EngineProcess(
+                    s, max_queue=s.max_queue, on_step=self._on_step, on_failure=failed
+                )
+                runner = engine.launch()  # the model loads in the engine process
+            else:
+                runner, llm_engine = build_engine(s)
+                runner.on_failure(failed)
+                engine = AsyncEngine(llm_engine, max_queue=s.max_queue, on_step=self._on_step)
         except Exception as exc:
-            log.exception("loading %s failed", s.model)
-            loop.call_soon_threadsafe(self.on_fatal, f"loading {s.model} failed: {type(exc).__name__}: {exc}")
+            if not isinstance(exc, EngineStartError):  # a bug: not a bad checkpoint or setting
+                log.exception("starting the engine failed")
+                exc = EngineStartError(f"starting the engine failed: {type(exc).__name__}: {exc}")
+            if not self._stopped:
+                loop.call_soon_threadsafe(self.on_fatal, str(exc))
             return
-        engine = LLMEngine(
-            runner,
-            max_num_seqs=s.max_num_seqs,
-            max_num_batched_tokens=max(s.max_num_batched_tokens, s.max_num_seqs),
-            max_prefill_tokens_when_decoding=s.max_prefill_tokens_when_decoding,
-        )
-        log.info(
-            "loaded %s on %s (%s) in %.1fs: %d KV blocks of %d tokens (%.0f MiB), max_model_len %d",
-            self.model_name, runner.device, runner.dtype, time.monotonic() - started, runner.num_blocks,
-            runner.block_size, runner.kv_cache_bytes / 2**20, runner.max_model_len,
-        )  # fmt: skip
         loop.call_soon_threadsafe(self._go_live, runner, engine, loop)
 
-    def _go_live(self, runner, engine: LLMEngine, loop: asyncio.AbstractEventLoop) -> None:
+    def _go_live(self, runner, engine: EngineClient, loop: asyncio.AbstractEventLoop) -> None:
         self.runner = runner
-        self.engine = AsyncEngine(engine, max_queue=self.settings.max_queue, on_step=self._on_step)
+        self.engine = engine
+        if self._stopped:  # SIGTERM while loading
+            self.shutdown()
+            return
         self.engine.start(loop)
         self.ready = True
         log.info("ready: serving %s", self.model_name)
 
-    def _on_step(self, engine: LLMEngine, results: list[StepResult]) -> None:
-        if engine.last_batch_size:
-            self.metrics.batch_size.labels(self.model_name).observe(engine.last_batch_size)
+    def _failed(self, message: str) -> None:
+        # The model is unusable: exit, and let the pod restart.
+        self.ready = False
+        self.on_fatal(message)
+
+    def _on_step(self, stats: EngineStats) -> None:
+        self.metrics.batch_size.labels(self.model_name).observe(stats.batch_size)
 
     def shutdown(self) -> None:
         self.ready = False
-        if self.engine is not None:
-            self.engine.stop()
-        if self.runner is not None:
-            self.runner.close()  # tensor parallel: ends the other ranks' processes
+        self._stopped = True
+        engine = self.engine or self._starting
+        if engine is not None:
+            engine.stop()  # an engine process still loading is killed
+        close = getattr(self.runner, "close", None)  # in-process ModelRunner: ends tensor-parallel ranks
+        if close is not None:
+            close()
 
     # -- request guards ----------------------------------------------------------------------------
 
@@ -114,7 +113,7 @@ class ServerState:
     def is_ready(self) -> bool:
         return self.ready and not self.drain.draining
 
-    def require_ready(self) -> AsyncEngine:
+    def require_ready(self) -> EngineClient:
         if self.drain.draining:
             raise APIError(
                 503, "the server is shutting down", code="draining", retry_after=RETRY_AFTER_SECONDS

@@ -1,32 +1,32 @@
-"""The engine loop in its own thread, and the asyncio side that requests talk to.
+"""The asyncio side of the engine, and the engine loop in a thread of the server process.
 
-All model work happens on the engine thread, off the event loop. Requests and aborts reach it
-through an inbox and are applied between steps; each step's new tokens go back to the request
-coroutines in one `call_soon_threadsafe` call. An exception inside a step fails only the requests
-that were running (with an EngineError); the loop and the server keep going.
+`EngineClient` is what the API talks to: it admits requests (the context check and the queue limit,
+answered without asking the engine), hands each a stream, and delivers each step's events to the
+streams in one event-loop callback. The loop itself (`EngineCore`) runs either on a thread of this
+process (`AsyncEngine`, here) or in a process of its own (`engine_process.EngineProcess`), chosen by
+the `engine_process` setting.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import itertools
 import queue
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from r1serve.engine.llm_engine import LLMEngine, StepResult
-from r1serve.engine.sequence import FinishReason, SamplingParams, Sequence
+from r1serve.engine.core import Command, EngineCore, EngineStats, Event
+from r1serve.engine.llm_engine import LLMEngine, check_prompt
+from r1serve.engine.sequence import FinishReason, SamplingParams
 
-log = logging.getLogger(__name__)
-
-# The engine thread drops the GIL in every torch call and in the wait for each step's tokens, and
-# must take it back from the event loop, which holds it while it streams tokens to the clients. A
-# thread that wants the GIL gets it only when the holder blocks or after the switch interval,
-# Python's default 5 ms: at 64 streams that can come back several times in one step and be the
-# inter-token latency tail. 0.5 ms bounds each wait at a tenth of that, for a few microseconds of
-# hand-over cost a switch. Process-wide, so it is set while an engine runs (the server process).
+# The engine loop's thread (or the thread reading the engine process's pipe) drops the GIL in every
+# torch call and pipe read, and must take it back from the event loop, which holds it while it
+# streams tokens to the clients. A thread that wants the GIL gets it only when the holder blocks or
+# after the switch interval, Python's default 5 ms: at 64 streams that can come back several times
+# in one step and be the inter-token latency tail. 0.5 ms bounds each wait at a tenth of that, for a
+# few microseconds of hand-over cost a switch. Process-wide, so it is set while an engine runs.
 SWITCH_INTERVAL_S = 0.0005
 
 
@@ -48,9 +48,10 @@ class TokenEvent:
 class RequestStream:
     """The tokens of one request, as the engine produces them."""
 
-    def __init__(self, engine: AsyncEngine, seq: Sequence) -> None:
+    def __init__(self, engine: EngineClient, request_id: int) -> None:
         self.engine = engine
-        self.seq = seq
+        self.request_id = request_id
+        self.finished = False  # its last event is delivered
         self.events: asyncio.Queue[TokenEvent] = asyncio.Queue()
 
     async def __aiter__(self) -> AsyncIterator[TokenEvent]:
@@ -66,138 +67,178 @@ class RequestStream:
         self.engine.abort(self)
 
 
-StepHook = Callable[[LLMEngine, list[StepResult]], None]
+StepHook = Callable[[EngineStats], None]  # on the event loop, after each step's events
 
 
-class AsyncEngine:
-    def __init__(self, engine: LLMEngine, *, max_queue: int, on_step: StepHook | None = None) -> None:
-        self.engine = engine
+class EngineClient:
+    """The asyncio side, whichever way the engine loop runs. Subclasses set the engine's sizes and
+    implement `_launch`, `_send` and `_shutdown`; everything here runs on the event loop."""
+
+    max_model_len: int
+    num_blocks: int
+    block_size: int
+    max_num_seqs: int
+
+    def __init__(self, *, max_queue: int, on_step: StepHook | None = None) -> None:
         self.max_queue = max_queue
         self.on_step = on_step
-        self._inbox: queue.SimpleQueue[tuple[str, RequestStream]] = queue.SimpleQueue()
-        self._wakeup = threading.Event()
-        self._stopping = False
-        self._streams: dict[int, RequestStream] = {}  # engine thread only
+        self.stats = EngineStats()
+        self._streams: dict[int, RequestStream] = {}
+        self._ids = itertools.count()
+        self._num_submitted = 0
+        self._failure: str | None = None  # set once the engine is gone for good
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._switch_interval: float | None = None  # the process's own, restored on stop
-
-    # -- asyncio side ------------------------------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL_S))
-        self._thread = threading.Thread(target=self._run, name="r1serve-engine", daemon=True)
-        self._thread.start()
+        self._launch()
 
     def stop(self) -> None:
-        self._stopping = True
-        self._wakeup.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self._shutdown()
         if self._switch_interval is not None:
             sys.setswitchinterval(self._switch_interval)
             self._switch_interval = None
 
+    # -- what the metrics and the queue limit read ---------------------------------------------------
+
     @property
     def num_waiting(self) -> int:
-        # Read from other threads without a lock: a momentarily stale count is fine for metrics and 429s.
-        return len(self.engine.scheduler.waiting) + self._inbox.qsize()
+        # Requests still on their way to the engine count as waiting.
+        return self.stats.waiting + self._num_submitted - self.stats.num_added
 
     @property
     def num_running(self) -> int:
-        return len(self.engine.scheduler.running)
+        return self.stats.running
 
     @property
     def kv_cache_usage(self) -> float:
-        return self.engine.block_manager.usage
+        return self.stats.kv_cache_usage
 
-    def add_request(self, prompt_token_ids: list[int], params: SamplingParams, eos_token_ids: frozenset[int]):
+    @property
+    def num_preemptions(self) -> int:
+        return self.stats.num_preemptions
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    def add_request(
+        self, prompt_token_ids: list[int], params: SamplingParams, eos_token_ids: frozenset[int]
+    ) -> RequestStream:
         """Queue a request; raises RequestRejected (never servable) or QueueFull (retry later)."""
-        self.engine.check(len(prompt_token_ids))
-        # Requests still in the inbox may be about to take free running slots: only the excess waits.
-        free_slots = self.engine.scheduler.max_num_seqs - self.num_running
+        check_prompt(len(prompt_token_ids), self.max_model_len, self.num_blocks, self.block_size)
+        # Requests on their way may be about to take free running slots: only the excess waits.
+        free_slots = self.max_num_seqs - self.num_running
         if self.num_waiting - max(free_slots, 0) >= self.max_queue:
             raise QueueFull(f"{self.num_waiting} requests are already waiting")
-        stream = RequestStream(self, Sequence(prompt_token_ids, params, eos_token_ids))
-        self._inbox.put(("add", stream))
-        self._wakeup.set()
+        stream = RequestStream(self, next(self._ids))
+        if self._failure is not None:
+            self._finish(stream, TokenEvent([], error=EngineError(self._failure)))
+            return stream
+        self._streams[stream.request_id] = stream
+        self._num_submitted += 1
+        self._send(("add", stream.request_id, list(prompt_token_ids), params, eos_token_ids))
         return stream
 
     def abort(self, stream: RequestStream) -> None:
         """Stop generating for `stream` and free its KV blocks before the next step."""
-        if not stream.seq.is_finished:
-            self._inbox.put(("abort", stream))
-            self._wakeup.set()
+        if not stream.finished:
+            self._send(("abort", stream.request_id))
 
-    def _dispatch(self, events: list[tuple[RequestStream, TokenEvent]]) -> None:
-        for stream, event in events:
-            stream.events.put_nowait(event)
+    # -- delivery (on the event loop) ----------------------------------------------------------------
+
+    def _deliver(self, events: list[Event], stats: EngineStats) -> None:
+        self.stats = stats
+        streams = self._streams
+        for request_id, token_id, reason, error in events:
+            stream = streams.get(request_id)
+            if stream is None:
+                continue
+            if error is not None:
+                event = TokenEvent([], error=EngineError(error))
+            else:
+                tokens = [] if token_id is None else [token_id]
+                event = TokenEvent(tokens, None if reason is None else FinishReason(reason))
+                if reason is None:
+                    stream.events.put_nowait(event)
+                    continue
+            del streams[request_id]
+            self._finish(stream, event)
+        if self.on_step is not None and stats.batch_size:
+            self.on_step(stats)
+
+    def _fail_all(self, message: str) -> None:
+        """The engine is gone: every stream in flight ends with `message`, and so does every later one."""
+        self._failure = message
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            self._finish(stream, TokenEvent([], error=EngineError(message)))
+
+    @staticmethod
+    def _finish(stream: RequestStream, event: TokenEvent) -> None:
+        stream.finished = True
+        stream.events.put_nowait(event)
+
+    # -- the engine loop's side, per subclass -------------------------------------------------------
+
+    def _launch(self) -> None:
+        raise NotImplementedError
+
+    def _send(self, command: Command) -> None:
+        raise NotImplementedError
+
+    def _shutdown(self) -> None:
+        raise NotImplementedError
+
+
+class AsyncEngine(EngineClient):
+    """The engine loop on a thread of this process (the `engine_process=false` setting)."""
+
+    def __init__(self, engine: LLMEngine, *, max_queue: int, on_step: StepHook | None = None) -> None:
+        super().__init__(max_queue=max_queue, on_step=on_step)
+        self.engine = engine
+        self.max_model_len = engine.max_model_len
+        self.num_blocks = engine.block_manager.num_blocks
+        self.block_size = engine.block_manager.block_size
+        self.max_num_seqs = engine.scheduler.max_num_seqs
+        self._inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._wakeup = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def _launch(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="r1serve-engine", daemon=True)
+        self._thread.start()
+
+    def _shutdown(self) -> None:
+        self._stopping = True
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _send(self, command: Command) -> None:
+        self._inbox.put(command)
+        self._wakeup.set()
 
     # -- engine thread -----------------------------------------------------------------------------
 
-    def _apply_inbox(self) -> list[tuple[RequestStream, TokenEvent]]:
-        events = []
+    def _run(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        EngineCore(self.engine).run(
+            self._receive, lambda events, stats: loop.call_soon_threadsafe(self._deliver, events, stats)
+        )
+
+    def _receive(self, block: bool) -> list[Command] | None:
+        if block:
+            self._wakeup.wait(timeout=1.0)
+        self._wakeup.clear()
+        if self._stopping:
+            return None
+        commands = []
         while True:
             try:
-                kind, stream = self._inbox.get_nowait()
+                commands.append(self._inbox.get_nowait())
             except queue.Empty:
-                return events
-            seq = stream.seq
-            if kind == "add":
-                try:
-                    self.engine.add(seq)
-                except Exception as exc:  # checked on the asyncio side already; belt and braces
-                    events.append((stream, TokenEvent([], error=exc)))
-                else:
-                    self._streams[seq.seq_id] = stream
-            elif seq.seq_id in self._streams:
-                self.engine.abort(seq)
-                del self._streams[seq.seq_id]
-                events.append((stream, TokenEvent([], FinishReason.ABORT)))
-
-    def _run(self) -> None:
-        assert self._loop is not None
-        while not self._stopping:
-            self._wakeup.clear()
-            try:
-                events = self._apply_inbox()
-                if self.engine.has_work():
-                    events += self._step()
-            except Exception:  # a bookkeeping bug must not kill the loop every request depends on
-                log.exception("engine loop error")
-                events = self._fail_running(EngineError("internal engine error"))
-            if events:
-                self._loop.call_soon_threadsafe(self._dispatch, events)
-            elif not self.engine.has_work():
-                self._wakeup.wait(timeout=1.0)
-
-    def _step(self) -> list[tuple[RequestStream, TokenEvent]]:
-        try:
-            results = self.engine.step()
-        except Exception as exc:
-            log.exception("engine step failed; failing the running requests")
-            return self._fail_running(
-                EngineError(f"the engine failed while computing this request: {type(exc).__name__}")
-            )
-        events = []
-        for result in results:
-            seq = result.seq
-            stream = self._streams.get(seq.seq_id)
-            if stream is None:
-                continue
-            tokens = [] if result.token_id is None else [result.token_id]
-            events.append((stream, TokenEvent(tokens, seq.finish_reason)))
-            if seq.is_finished:
-                del self._streams[seq.seq_id]
-        if self.on_step is not None:
-            try:
-                self.on_step(self.engine, results)
-            except Exception:
-                log.exception("step hook failed")
-        return events
-
-    def _fail_running(self, error: EngineError) -> list[tuple[RequestStream, TokenEvent]]:
-        failed = [self._streams.pop(s.seq_id, None) for s in self.engine.fail_running()]
-        return [(stream, TokenEvent([], error=error)) for stream in failed if stream is not None]
+                return commands

@@ -1,6 +1,7 @@
 """One engine step: schedule, run the model over the packed batch, sample, account.
 
-Synchronous and single-threaded by design; `AsyncEngine` runs it in its own thread.
+Synchronous and single-threaded by design; `AsyncEngine` runs it in its own thread, or
+`engine_process` in its own process.
 """
 
 from __future__ import annotations
@@ -31,6 +32,22 @@ class Runner(Protocol):
 
 class RequestRejected(ValueError):
     """A request the engine can never serve (too long for the context or the KV cache)."""
+
+
+def check_prompt(num_prompt_tokens: int, max_model_len: int, num_blocks: int, block_size: int) -> None:
+    """Raise RequestRejected when a prompt of this length can never be served. A function of the
+    engine's sizes alone, so the API process of an engine process checks without asking it."""
+    if num_prompt_tokens < 1:
+        raise RequestRejected("the prompt is empty")
+    if num_prompt_tokens >= max_model_len:
+        raise RequestRejected(
+            f"the prompt has {num_prompt_tokens} tokens; this model's context is {max_model_len} "
+            "tokens including the output"
+        )
+    if -(-(num_prompt_tokens + 1) // block_size) > num_blocks:
+        raise RequestRejected(
+            f"the prompt has {num_prompt_tokens} tokens; the KV cache holds at most {num_blocks * block_size}"
+        )
 
 
 @dataclass(slots=True)
@@ -80,18 +97,8 @@ class LLMEngine:
 
     def check(self, num_prompt_tokens: int) -> None:
         """Raise RequestRejected when a prompt of this length can never be served."""
-        if num_prompt_tokens < 1:
-            raise RequestRejected("the prompt is empty")
-        if num_prompt_tokens >= self.max_model_len:
-            raise RequestRejected(
-                f"the prompt has {num_prompt_tokens} tokens; this model's context is {self.max_model_len} "
-                "tokens including the output"
-            )
-        if self.block_manager.blocks_for(num_prompt_tokens + 1) > self.block_manager.num_blocks:
-            raise RequestRejected(
-                f"the prompt has {num_prompt_tokens} tokens; the KV cache holds at most "
-                f"{self.block_manager.num_blocks * self.block_manager.block_size}"
-            )
+        bm = self.block_manager
+        check_prompt(num_prompt_tokens, self.max_model_len, bm.num_blocks, bm.block_size)
 
     def add(self, seq: Sequence) -> None:
         self.check(seq.num_prompt_tokens)

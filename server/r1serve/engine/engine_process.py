@@ -1,0 +1,252 @@
+"""The engine loop in a process of its own (vLLM V1's split), and the API process's handle on it.
+
+In one process the engine loop and the event loop (HTTP, SSE, detokenising, JSON for every stream)
+take turns at one GIL, and each step waits for HTTP work. Here the child process owns the model
+runner and the `LLMEngine` (scheduler, sampler, KV cache, the per-request seeded generators, and
+with tensor parallelism rank 0, which starts the other ranks from here) and runs `EngineCore`; the
+API process keeps the tokenizer and everything HTTP.
+
+One duplex pipe: commands (add, abort, stop) go down as small tuples, and each step comes back as
+ONE message with every request's new token, finish reason or error plus the stats the metrics and
+the queue limit read; a reader thread in the API process hands each message to the event loop in
+one `call_soon_threadsafe`. The child's first message is "ready" with the sizes the API process
+checks prompts against (so a rejection needs no round trip), or "error" with the message the server
+exits with.
+
+Failures: a start-up failure surfaces from `launch` as `EngineStartError` with the same message the
+in-process load gives. A child that dies later ends every request in flight with an EngineError and
+calls `on_failure` (the server exits non-zero), as a dead tensor-parallel worker does. The child
+ignores SIGINT/SIGTERM (the API process drains, then stops it) and exits if the API process dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+
+import torch
+
+from r1serve.checkpoint import GenerationDefaults
+from r1serve.config import Settings
+from r1serve.engine.async_engine import EngineClient, StepHook
+from r1serve.engine.core import Command, EngineCore, EngineStats, Event
+from r1serve.engine.loader import EngineStartError, build_engine
+from r1serve.tokenizer import Tokenizer
+from r1serve.tp_worker import exit_description, start_lifeline
+
+log = logging.getLogger(__name__)
+STOP_SECONDS = 30.0  # the child's clean exit after "stop"; then it is killed
+
+
+@dataclass(frozen=True)
+class EngineSizes:
+    """What the child reports when ready (ModelRunner's attributes of the same names)."""
+
+    device: torch.device
+    dtype: torch.dtype
+    max_model_len: int
+    block_size: int
+    num_blocks: int
+    max_num_seqs: int
+
+
+@dataclass
+class ModelInfo:
+    """The API process's stand-in for the ModelRunner it does not hold: the attributes the routes read."""
+
+    tokenizer: Tokenizer
+    generation_defaults: GenerationDefaults
+    device: torch.device
+    dtype: torch.dtype
+    max_model_len: int
+
+
+class EngineProcess(EngineClient):
+    """The API process's handle on the engine process. `launch` (blocking: the model loads) first,
+    then `start` on the event loop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        max_queue: int,
+        on_step: StepHook | None = None,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__(max_queue=max_queue, on_step=on_step)
+        self.settings = settings
+        self.on_failure = on_failure  # called on the reader thread
+        self.proc: mp.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._send_lock = threading.Lock()
+        self._reader: threading.Thread | None = None
+        self._ready = False
+        self._stopping = False
+
+    # -- start-up (on the loading thread) ------------------------------------------------------------
+
+    def launch(self) -> ModelInfo:
+        """Starts the child and waits until its model is loaded; EngineStartError if it fails."""
+        ctx = mp.get_context("spawn")
+        conn, child_conn = ctx.Pipe()
+        # Not a daemon: daemonic processes may not have children, and rank 0 starts the
+        # tensor-parallel workers. The child's lifeline ends it with this process instead.
+        self.proc = ctx.Process(
+            target=engine_main,
+            args=(self.settings, child_conn, logging.getLogger().level),
+            name="r1serve-engine",
+            daemon=False,
+        )
+        self.proc.start()
+        child_conn.close()  # the child holds the only other end: EOF here means it is gone
+        self._conn = conn
+        if self._stopping:  # stopped while this started it: a non-daemon child would block the exit
+            self.proc.kill()
+        wait([conn, self.proc.sentinel])
+        message = None
+        with contextlib.suppress(EOFError, OSError):
+            message = conn.recv() if conn.poll() else None
+        if message is not None and message[0] == "error":
+            self.proc.join(STOP_SECONDS)
+            raise EngineStartError(message[1])
+        if message is None or message[0] != "ready":
+            self.proc.join(1.0)
+            if self._stopping:
+                raise EngineStartError("the server stopped while the engine process was starting")
+            how = exit_description(self.proc.exitcode)
+            raise EngineStartError(f"the engine process {how} while loading {self.settings.model}")
+        sizes: EngineSizes = message[1]
+        self.max_model_len, self.block_size = sizes.max_model_len, sizes.block_size
+        self.num_blocks, self.max_num_seqs = sizes.num_blocks, sizes.max_num_seqs
+        self._ready = True
+        return model_info(self.settings, sizes)
+
+    # -- serving -----------------------------------------------------------------------------------
+
+    def _launch(self) -> None:
+        self._reader = threading.Thread(target=self._read, name="r1serve-engine-reader", daemon=True)
+        self._reader.start()
+
+    def _send(self, command: Command) -> None:
+        assert self._conn is not None
+        try:
+            with self._send_lock:
+                self._conn.send(command)
+        except OSError:
+            pass  # the child is gone: the reader sees EOF and fails every stream in flight
+
+    def _read(self) -> None:
+        loop, conn, proc = self._loop, self._conn, self.proc
+        assert loop is not None and conn is not None and proc is not None
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                break
+            if message[0] == "step":
+                loop.call_soon_threadsafe(self._deliver, message[1], message[2])
+            elif message[0] == "fatal":  # a tensor-parallel worker died: the engine is unusable
+                self._failed(message[1])
+        if self._stopping:
+            return
+        proc.join(1.0)
+        self._failed(f"the engine process died ({exit_description(proc.exitcode)})")
+
+    def _failed(self, message: str) -> None:
+        log.error("%s", message)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._fail_all, message)
+        if self.on_failure is not None:
+            self.on_failure(message)
+
+    # -- shutdown ----------------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Ends the child: a "stop" once it serves (it closes the tensor-parallel workers), a kill while
+        it still loads or if it does not exit in time. Safe before `launch` returned."""
+        self._stopping = True
+        proc = self.proc
+        if proc is None:
+            return
+        if self._ready:
+            self._send(("stop",))
+            proc.join(STOP_SECONDS)
+        if proc.exitcode is None:
+            if self._ready:
+                log.warning("the engine process did not exit; killing it")
+            proc.kill()
+            proc.join()
+        if self._reader is not None:
+            self._reader.join(5.0)
+        if self._conn is not None:
+            self._conn.close()
+
+
+def model_info(settings: Settings, sizes: EngineSizes) -> ModelInfo:
+    """The tokenizer and generation defaults, loaded in the API process (the checkpoint has loaded
+    in the child already, so these read files known to be good)."""
+    from r1serve.checkpoint import load_config, load_generation_defaults
+
+    try:
+        config = load_config(settings.model)
+        defaults = load_generation_defaults(settings.model, config)
+        tokenizer = Tokenizer(settings.model)
+    except Exception as exc:
+        raise EngineStartError(f"loading {settings.model} failed: {type(exc).__name__}: {exc}") from exc
+    return ModelInfo(tokenizer, defaults, sizes.device, sizes.dtype, sizes.max_model_len)
+
+
+# -- the child process ---------------------------------------------------------------------------
+
+
+def engine_main(settings: Settings, conn: Connection, log_level: int) -> None:
+    """Entry point of the engine process."""
+    # The API process decides when the engine stops (after draining); a Ctrl-C reaches the whole
+    # process group, and must not kill a step under the requests still streaming.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s engine %(name)s: %(message)s")
+    start_lifeline()
+    lock = threading.Lock()  # the tensor-parallel monitor thread reports too
+
+    def send(message: tuple) -> None:
+        with lock, contextlib.suppress(OSError):  # the API process is gone; the lifeline ends this one
+            conn.send(message)
+
+    try:
+        runner, engine = build_engine(settings)
+    except EngineStartError as exc:
+        send(("error", str(exc)))
+        raise SystemExit(1) from None
+    runner.on_failure(lambda message: send(("fatal", message)))
+    send(("ready", EngineSizes(
+        runner.device, runner.dtype, runner.max_model_len, runner.block_size, runner.num_blocks,
+        engine.scheduler.max_num_seqs,
+    )))  # fmt: skip
+
+    def receive(block: bool) -> list[Command] | None:
+        commands = []
+        try:
+            if block:
+                commands.append(conn.recv())
+            while conn.poll():
+                commands.append(conn.recv())
+        except (EOFError, OSError):
+            return None  # the API process is gone
+        if any(c[0] == "stop" for c in commands):
+            return None
+        return commands
+
+    def emit(events: list[Event], stats: EngineStats) -> None:
+        send(("step", events, stats))
+
+    try:
+        EngineCore(engine).run(receive, emit)
+    finally:
+        runner.close()  # tensor parallel: ends the other ranks' processes

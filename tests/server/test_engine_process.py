@@ -1,0 +1,130 @@
+"""The engine in its own process (`engine_process`, the default): the same tokens as the engine thread,
+a start-up failure reported as the in-process load reports it, an abort that frees the child's KV
+cache, and a child that dies taking the in-flight requests (and the server) down loudly.
+
+Real servers on the tiny model over HTTP; the engine child is found as the server's child process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import torch
+from r1ops.processes import ServerProcess
+
+pytestmark = pytest.mark.slow
+CUDA = torch.cuda.is_available()
+
+
+def engine_child(server: ServerProcess) -> psutil.Process:
+    """The engine process (a multiprocessing spawn child; the other child is its resource tracker)."""
+    children = psutil.Process(server.proc.pid).children()
+    (child,) = [c for c in children if any("spawn_main" in part for part in c.cmdline())]
+    return child
+
+
+def metric(server: ServerProcess, name: str) -> float:
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    return float(re.search(rf"^{re.escape(name)}\{{[^}}]*\}} (\S+)$", text, re.M).group(1))
+
+
+def stream_lines(server: ServerProcess, max_tokens: int) -> Iterator[str]:
+    body = {"model": server.model_dir.name, "prompt": "Go", "max_tokens": max_tokens, "ignore_eos": True}
+    with httpx.stream(
+        "POST", f"{server.base_url}/v1/completions", json=body | {"stream": True}, timeout=120
+    ) as r:
+        assert r.status_code == 200
+        yield from (line for line in r.iter_lines() if line.startswith("data: "))
+
+
+def completion(server: ServerProcess, prompt: str, **kw: object) -> str:
+    body = {"model": server.model_dir.name, "prompt": prompt, "max_tokens": 24, "ignore_eos": True} | kw
+    r = httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["text"]
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="needs a GPU"))],
+)
+def test_process_and_thread_give_the_same_tokens(start_server, device: str) -> None:
+    """Greedy and seeded requests: token for token equal. On the CPU (float32) several at once, so they
+    share steps; on the GPU (bf16, CUDA graphs) one at a time, since a batch's shape may change bf16
+    rounding and the two servers need not batch alike."""
+    servers = [start_server(device=device, engine_process=mode) for mode in (True, False)]
+    requests = [(f"Prompt number {i} says", {"temperature": 0}) for i in range(4)]
+    requests += [("Seeded", {"temperature": 1.0, "seed": 11})]
+    texts = []
+    for server in servers:
+        with ThreadPoolExecutor(len(requests) if device == "cpu" else 1) as pool:
+            texts.append(list(pool.map(lambda r, s=server: completion(s, r[0], **r[1]), requests)))
+    assert texts[0] == texts[1]
+    assert all(texts[0])
+
+
+def test_aborted_stream_frees_the_kv_cache_in_the_child(start_server) -> None:
+    server = start_server()
+    lines = stream_lines(server, 3000)
+    for _ in range(5):
+        next(lines)
+    assert metric(server, "vllm:kv_cache_usage_perc") > 0
+    assert metric(server, "vllm:num_requests_running") == 1
+    lines.close()  # the client disconnects: the request is aborted in the engine process
+    deadline = time.monotonic() + 30
+    while metric(server, "vllm:kv_cache_usage_perc") != 0:
+        assert time.monotonic() < deadline, "the aborted request's KV blocks were not freed"
+        time.sleep(0.1)
+    assert metric(server, "vllm:num_requests_running") == 0
+
+
+def test_engine_process_dying_fails_in_flight_requests_and_the_server_exits(start_server) -> None:
+    server = start_server()
+    lines = stream_lines(server, 3000)
+    received = [next(lines) for _ in range(3)]
+    engine_child(server).send_signal(signal.SIGKILL)
+    received += list(lines)
+    errors = [json.loads(line[6:])["error"] for line in received if '"error"' in line]
+    assert len(errors) == 1 and errors[0]["code"] == "engine_error"
+    assert "engine process died" in errors[0]["message"] and "signal 9" in errors[0]["message"]
+    assert received[-1] == "data: [DONE]"
+    assert server.proc.wait(60) == 1  # not ready any more: exits non-zero, the pod restarts
+
+
+@pytest.mark.parametrize("engine_process", [True, False], ids=["engine-process", "engine-thread"])
+def test_bad_checkpoint_exits_with_one_clear_message(tmp_path: Path, engine_process: bool) -> None:
+    (tmp_path / "m").mkdir()
+    env = os.environ | {"R1SERVE_ENGINE_PROCESS": str(engine_process), "R1SERVE_PORT": "0"}
+    cmd = [sys.executable, "-m", "r1serve.cli", "serve", str(tmp_path / "m"), "--host", "127.0.0.1"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    fatal = [line for line in done.stderr.splitlines() if line.startswith("r1serve serve:")]
+    assert len(fatal) == 1 and "config.json" in fatal[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_tensor_parallel_ranks_start_from_the_engine_process(start_server) -> None:
+    """Rank 0 lives in the engine process and spawns rank 1 from there; the answer is one rank's, and
+    a SIGTERM stops all of them cleanly."""
+    cpu = {"device": "cpu", "dtype": "float32"}
+    one = start_server(**cpu)
+    two = start_server(**cpu, tensor_parallel_size=2)
+    rank1 = engine_child(two).children()
+    assert any("spawn_main" in part for c in rank1 for part in c.cmdline())
+    assert completion(two, "Split", temperature=0) == completion(one, "Split", temperature=0)
+    procs = [engine_child(two), *engine_child(two).children()]
+    assert two.stop() == 0
+    _, alive = psutil.wait_procs(procs, timeout=30)
+    assert alive == []
