@@ -27,6 +27,7 @@ import os
 import pickle
 import socket
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -130,12 +131,25 @@ class Workers:
                 pass
             if rank in self._reports:
                 return self._reports[rank]
+        # Two threads polling one child (this monitor and a join elsewhere) race for its exit status:
+        # the loser sees None for a moment, until the winner has stored it
+        for _ in range(20):
+            if proc.exitcode is not None:
+                break
+            time.sleep(0.05)
         return exit_description(proc.exitcode)
 
     # -- serving -------------------------------------------------------------------------------------
 
     def send(self, batch: object) -> None:
         """Hands a step (or None: exit) to every worker."""
+        if self.error is None and batch is not None:
+            # A collective with a dead peer never completes on NCCL: the GPU waits for it and rank 0
+            # hangs in its next sync (seen on two H200s when a worker was killed between steps).
+            # Checking the workers first turns a death before the step into an error, not a hang.
+            dead = next((r for r, p in enumerate(self.procs, start=1) if p.exitcode is not None), None)
+            if dead is not None:
+                self._fail(f"tensor-parallel rank {dead} died: {self._death(dead)}")
         if self.error is not None:
             raise TensorParallelError(self.error)
         data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
