@@ -56,9 +56,11 @@ class Settings(BaseSettings):
         1, ge=1, description="GPUs one model is split over (tensor parallel over NCCL; the pod needs as many)"
     )
     # The engine thread and the event loop (HTTP, SSE, detokenising for every stream) share one GIL in
-    # one process, and each engine step waits for HTTP work; in a process of its own it does not.
+    # one process, and each engine step waits for HTTP work; in a process of its own it does not. Off
+    # by default until a GPU run has measured it (docs/PERFORMANCE.md): the thread is the mode the
+    # published numbers and the GPU tests come from.
     engine_process: bool = Field(
-        True, description="run the engine (model, scheduler, sampler) in its own process (false: a thread)"
+        False, description="run the engine (model, scheduler, sampler) in its own process (false: a thread)"
     )
     # The e2e tier's "slow version" (docs/E2E.md): on the CPU engine batching does not change
     # latency, so no real setting makes a version reliably slower than another. Never set in a deployment.

@@ -1,6 +1,7 @@
-"""The engine in its own process (`engine_process`, the default): the same tokens as the engine thread,
-a start-up failure reported as the in-process load reports it, an abort that frees the child's KV
-cache, and a child that dies taking the in-flight requests (and the server) down loudly.
+"""The engine in its own process (`engine_process=true`; off by default until measured on a GPU):
+the same tokens as the engine thread, a start-up failure reported as the in-process load reports
+it, an abort that frees the child's KV cache, and a child that dies taking the in-flight requests
+(and the server) down loudly.
 
 Real servers on the tiny model over HTTP; the engine child is found as the server's child process.
 """
@@ -76,7 +77,7 @@ def test_process_and_thread_give_the_same_tokens(start_server, device: str) -> N
 
 
 def test_aborted_stream_frees_the_kv_cache_in_the_child(start_server) -> None:
-    server = start_server()
+    server = start_server(engine_process=True)
     lines = stream_lines(server, 3000)
     for _ in range(5):
         next(lines)
@@ -91,7 +92,7 @@ def test_aborted_stream_frees_the_kv_cache_in_the_child(start_server) -> None:
 
 
 def test_engine_process_dying_fails_in_flight_requests_and_the_server_exits(start_server) -> None:
-    server = start_server()
+    server = start_server(engine_process=True)
     lines = stream_lines(server, 3000)
     received = [next(lines) for _ in range(3)]
     engine_child(server).send_signal(signal.SIGKILL)
@@ -120,7 +121,7 @@ def test_tensor_parallel_ranks_start_from_the_engine_process(start_server) -> No
     a SIGTERM stops all of them cleanly."""
     cpu = {"device": "cpu", "dtype": "float32"}
     one = start_server(**cpu)
-    two = start_server(**cpu, tensor_parallel_size=2)
+    two = start_server(**cpu, tensor_parallel_size=2, engine_process=True)
     rank1 = engine_child(two).children()
     assert any("spawn_main" in part for c in rank1 for part in c.cmdline())
     assert completion(two, "Split", temperature=0) == completion(one, "Split", temperature=0)
