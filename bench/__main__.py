@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--model-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("bench-out"))
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("python -m bench: needs a CUDA GPU (see bench/README.md)")
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     cases = args.cases.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -78,6 +80,10 @@ def main() -> None:
         "hardware": hardware.describe(),
         "command": vars(args) | {"out": str(args.out)},
     }
+
+    def save() -> None:
+        """After every case, so a run cut short keeps what it measured."""
+        (args.out / f"bench-{args.shape}.json").write_text(json.dumps(result, indent=2))
 
     # with --tp N a step reads its weights from N cards at once: the ceilings are N cards' bandwidth
     copy_bw = hardware.copy_bandwidth() * args.tp
@@ -108,40 +114,47 @@ def main() -> None:
             del model
             free_gpu()
         table("peer: transformers generate()", [result["peer"]])
+        save()
 
     if "decode" in cases or "offline" in cases:
         engine = engine_cases.build_engine(
             model_dir, max_num_seqs=256, enforce_eager=args.enforce_eager, tensor_parallel_size=args.tp
         )
-        if "decode" in cases:
-            logs, wall, out = engine_cases.run_requests(engine, [(128, 256)], label="batch-1 decode")
-            steps = engine_cases.decode_steps(logs)
-            step_s = sorted(s.seconds for s in steps)[len(steps) // 2]
-            result["decode_b1"] = {
-                "tok_s": len(steps) / sum(s.seconds for s in steps),
-                "median_step_ms": step_s * 1e3,
-                "bandwidth_share": engine_cases.bandwidth_utilisation(logs, weight_bytes, kv_tok, copy_bw),
-                "share_of_limit": (len(steps) / sum(s.seconds for s in steps)) / (copy_bw / weight_bytes),
-                "graph_replay_ms": engine_cases.graph_step_ms(engine),
-            }
-            table("batch-1 decode (128 in / 256 out)", [result["decode_b1"]])
-        if "offline" in cases:
-            reqs = engine_cases.offline_requests(args.offline_requests)
-            logs, wall, out = engine_cases.run_requests(engine, reqs, label="offline throughput")
-            result["offline"] = {
-                "requests": len(reqs),
-                "output_tokens": out,
-                "seconds": wall,
-                "output_tok_s": out / wall,
-                "decode_bandwidth_share": engine_cases.bandwidth_utilisation(
-                    logs, weight_bytes, kv_tok, copy_bw
-                ),
-                "steps": len(logs),
-            }
-            if "peer" in result:
-                result["offline"]["x_peer_b256"] = out / wall / result["peer"]["b256_512in_256out_tok_s"]
-            table("offline: 256 requests, lengths uniform in 100-1024", [result["offline"]])
-        engine.runner.close()  # tensor parallel: the workers hold the other GPUs
+        try:
+            if "decode" in cases:
+                logs, wall, out = engine_cases.run_requests(engine, [(128, 256)], label="batch-1 decode")
+                steps = engine_cases.decode_steps(logs)
+                step_s = sorted(s.seconds for s in steps)[len(steps) // 2]
+                result["decode_b1"] = {
+                    "tok_s": len(steps) / sum(s.seconds for s in steps),
+                    "median_step_ms": step_s * 1e3,
+                    "bandwidth_share": engine_cases.bandwidth_utilisation(
+                        logs, weight_bytes, kv_tok, copy_bw
+                    ),
+                    "share_of_limit": (len(steps) / sum(s.seconds for s in steps)) / (copy_bw / weight_bytes),
+                    "graph_replay_ms": engine_cases.graph_step_ms(engine),
+                }
+                table("batch-1 decode (128 in / 256 out)", [result["decode_b1"]])
+                save()
+            if "offline" in cases:
+                reqs = engine_cases.offline_requests(args.offline_requests)
+                logs, wall, out = engine_cases.run_requests(engine, reqs, label="offline throughput")
+                result["offline"] = {
+                    "requests": len(reqs),
+                    "output_tokens": out,
+                    "seconds": wall,
+                    "output_tok_s": out / wall,
+                    "decode_bandwidth_share": engine_cases.bandwidth_utilisation(
+                        logs, weight_bytes, kv_tok, copy_bw
+                    ),
+                    "steps": len(logs),
+                }
+                if "peer" in result:
+                    result["offline"]["x_peer_b256"] = out / wall / result["peer"]["b256_512in_256out_tok_s"]
+                table("offline: 256 requests, lengths uniform in 100-1024", [result["offline"]])
+                save()
+        finally:
+            engine.runner.close()  # tensor parallel: the workers hold the other GPUs
         del engine
         free_gpu()
 
@@ -149,6 +162,7 @@ def main() -> None:
         ready_s, server = online.cold_start(model_dir, args.out / "server.log", args.tp)
         result["cold_start_s"] = ready_s
         console.print(f"cold start to /ready: {ready_s:.1f} s")
+        save()
         try:
             if "online" in cases:
                 levels = []
@@ -169,7 +183,7 @@ def main() -> None:
         finally:
             server.stop()
 
-    (args.out / f"bench-{args.shape}.json").write_text(json.dumps(result, indent=2))
+    save()
     console.print(f"wrote {args.out}/bench-{args.shape}.json")
 
 

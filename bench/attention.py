@@ -171,6 +171,8 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="also time other varlen launch shapes")
     ap.add_argument("--baseline-decode", type=Path, help="a triton_attention.py to time on the decode case")
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("python -m bench.attention: needs a CUDA GPU (see bench/README.md)")
     baseline = load_module(args.baseline_decode) if args.baseline_decode else None
     table = Table(title=f"paged attention, one layer, bf16, {torch.cuda.get_device_name()}")
     columns = ("shape", "case", "path", "ms/call (layer)", "ms/step", "x reference", "rel. error", "timed")

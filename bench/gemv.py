@@ -2,7 +2,8 @@
 (`bench/triton_gemv.py`), and a 28-layer decode stack with cuBLAS or the GEMV and with or without the
 fused elementwise kernels (`triton_fused.add_rms_norm`, `rope_store_kv`), each replayed from a CUDA
 graph. The server uses cuBLAS plus the fused kernels: on the H200 the GEMV did not beat cuBLAS in the
-stack (1.530 against 1.498 ms a step; per matrix it won only o_proj at one row and the LM head by 5%).
+stack (1.335 against 1.321 ms a step with the fused kernels on both sides; per matrix it won only
+o_proj at 1 and 4 rows and the LM head by ~5%).
 
 bash bench/device.sh python3 -m bench.gemv --out "$OUT"      (on the GPU machine, see README.md)
 
@@ -260,9 +261,9 @@ class Stack:
 
 
 VARIANTS: dict[str, tuple[Callable, bool, str]] = {
-    "today: cuBLAS, rope + index_put, separate adds": (F.linear, False, "add"),
+    "unfused (session 1): cuBLAS, rope + index_put, separate adds": (F.linear, False, "add"),
     "cuBLAS + rope_store_kv + add_rms_norm": (F.linear, True, "add_rms_norm"),
-    "gemv, rest as today": (gemv_linear, False, "add"),
+    "gemv, rest unfused": (gemv_linear, False, "add"),
     "gemv + rope_store_kv + residual epilogue": (gemv_linear, True, "epilogue"),
     "gemv + rope_store_kv + add_rms_norm": (gemv_linear, True, "add_rms_norm"),
 }
@@ -323,6 +324,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=28)
     ap.add_argument("--out", type=Path, default=Path("bench-out"))
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("python -m bench.gemv: needs a CUDA GPU (see bench/README.md)")
     unknown = {*args.shapes.split(","), args.stack_shape} - set(shapes.SHAPES)
     if unknown:
         ap.error(f"unknown shapes {sorted(unknown)}; bench/shapes.py has {sorted(shapes.SHAPES)}")

@@ -1,9 +1,10 @@
 """Skinny matmul for decode steps: `x @ weight.T (+ bias) (+ residual)` for 1 to 16 rows of x.
 
 An experiment that `python -m bench.gemv` reproduces, not server code: on the H200 it did not beat
-cuBLAS in a 28-layer 1.5B decode stack (1.530 against 1.498 ms a step; per matrix it won only o_proj
-at one row and the LM head by 5%), and some of its split-K configs did not round the exact product
-once on the GPU. The server uses cuBLAS and the fused elementwise kernels (`r1serve.model.triton_fused`).
+cuBLAS in a 28-layer 1.5B decode stack (1.335 against 1.321 ms a step, the fused kernels on both
+sides; per matrix it won only o_proj at 1 and 4 rows and the LM head by ~5%), and some
+of its split-K configs did not round the exact product once on the GPU. The server uses cuBLAS and
+the fused elementwise kernels (`r1serve.model.triton_fused`).
 
 At batch 1-16 a decode step's matmuls read every weight once and do almost no arithmetic, so their
 time is the time to stream the weights from HBM; cuBLAS reaches ~59% of the copy bandwidth there

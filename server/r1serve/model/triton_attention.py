@@ -234,6 +234,9 @@ def _launch(
     _, num_heads, head_dim = q.shape
     _, page, num_kv_heads, _ = k_cache.shape
     decode = cu_seqlens_q is None
+    # the kernel computes cache addresses from the shape alone (host-side check, no sync)
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("k_cache and v_cache must be contiguous [blocks, page, kv_heads, head_dim]")
     out = torch.empty_like(q)
     _paged_attention_kernel[(grid_tiles, num_kv_heads)](
         q,
