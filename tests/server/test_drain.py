@@ -1,19 +1,23 @@
 """SIGTERM while streams are in flight: /ready turns 503 first, new work is refused with 503,
-every in-flight stream runs to its end, and the process exits 0."""
+every in-flight stream runs to its end, and the process exits 0. A second Ctrl-C skips the drain
+and exits at once, leaving no engine process behind."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import threading
 import time
 
 import httpx
+import psutil
 import pytest
 
 pytestmark = [
     pytest.mark.slow,
-    # the engine in its own process (the default) must drain as the engine thread does, then stop cleanly
+    # the engine in its own process (engine_process=true) must drain as the engine thread does, then stop
+    # cleanly
     pytest.mark.parametrize("engine_process", [True, False], ids=["engine-process", "engine-thread"]),
 ]
 
@@ -93,3 +97,27 @@ def test_drain_timeout_cuts_what_is_left_and_still_exits_zero(start_server, engi
             lines.extend(stream)
     assert server.proc.wait(60) == 0
     assert "data: [DONE]" not in lines  # cut off, not completed
+
+
+def test_second_sigint_forces_the_exit_with_a_stream_in_flight(start_server, engine_process: bool) -> None:
+    """Ctrl-C, Ctrl-C: the second skips the drain (and the lifespan shutdown that stops the engine),
+    so the process must still exit, and take its engine process with it. Bounded by the waits below:
+    a hang fails them rather than a stopwatch."""
+    server = start_server(drain_timeout=120, engine_process=engine_process)
+    children = psutil.Process(server.proc.pid).children(recursive=True)
+    body = {"model": server.model_dir.name, "prompt": "Go", "max_tokens": 3000, "ignore_eos": True}
+    body["stream"] = True
+    lines: list[str] = []
+    with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=120) as r:
+        stream = r.iter_lines()
+        lines.append(next(stream))
+        server.proc.send_signal(signal.SIGINT)
+        while httpx.get(f"{server.base_url}/ready", timeout=5).status_code != 503:  # draining
+            time.sleep(0.05)
+        server.proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(httpx.HTTPError):  # the connection is closed under the stream
+            lines.extend(stream)
+    assert server.proc.wait(60) == 0
+    assert "data: [DONE]" not in lines  # cut off, not completed
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert alive == []

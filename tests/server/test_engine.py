@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+import torch
 from r1serve.engine.async_engine import SWITCH_INTERVAL_S, AsyncEngine, EngineError
 from r1serve.engine.llm_engine import LLMEngine, RequestRejected
 from r1serve.engine.sequence import FinishReason, SamplingParams, Sequence
@@ -168,3 +170,59 @@ def test_async_engine_shortens_the_gil_switch_interval_while_it_runs(runner: Mod
 
     assert asyncio.run(scenario()) <= SWITCH_INTERVAL_S < before
     assert sys.getswitchinterval() == before
+
+
+class StuckRunner:
+    """The real runner, whose steps wait while `go` is clear: a step stuck at a collective whose peer
+    died, which NCCL can do and gloo on the CPU cannot (so this stands in for it)."""
+
+    def __init__(self, runner: ModelRunner) -> None:
+        self.runner = runner
+        self.device, self.block_size = runner.device, runner.block_size
+        self.num_blocks, self.max_model_len = runner.num_blocks, runner.max_model_len
+        self.go = threading.Event()
+        self.go.set()
+
+    def run(self, batch: list) -> torch.Tensor:
+        self.go.wait()
+        return self.runner.run(batch)
+
+
+def test_engine_failure_ends_every_stream_and_later_requests(runner: ModelRunner) -> None:
+    """`fail` (a dead tensor-parallel rank, called from its monitor thread; the engine process calls it
+    too): the stream in flight gets the error although the engine loop is stuck in a step, a later
+    request fails at once, and `on_failure` (the server's exit) runs once."""
+    failures: list[str] = []
+    stuck = StuckRunner(runner)
+
+    async def scenario() -> tuple[list[Exception], int]:
+        engine = AsyncEngine(engine_for(stuck), max_queue=8, on_failure=failures.append)
+        engine.start(asyncio.get_running_loop())
+        errors: list[Exception] = []
+        tokens = 0
+        try:
+            params = SamplingParams(max_tokens=40, ignore_eos=True)
+            long = engine.add_request(list(PROMPTS[0]), params, frozenset())
+            try:
+                async for event in long:
+                    tokens += len(event.token_ids)
+                    if tokens == 2:
+                        stuck.go.clear()
+                        threading.Thread(target=engine.fail, args=("rank 1 died",)).start()
+            except EngineError as exc:
+                errors.append(exc)
+            later = engine.add_request(list(PROMPTS[1]), GREEDY, frozenset())
+            try:
+                async for _ in later:
+                    pass
+            except EngineError as exc:
+                errors.append(exc)
+            return errors, tokens
+        finally:
+            stuck.go.set()
+            engine.stop()
+
+    errors, tokens = asyncio.run(scenario())
+    assert [str(e) for e in errors] == ["rank 1 died", "rank 1 died"]
+    assert 2 <= tokens < 40
+    assert failures == ["rank 1 died"]

@@ -1,7 +1,7 @@
 """The engine in its own process (`engine_process=true`; off by default until measured on a GPU):
 the same tokens as the engine thread, a start-up failure reported as the in-process load reports
 it, an abort that frees the child's KV cache, and a child that dies taking the in-flight requests
-(and the server) down loudly.
+(and the server) down loudly; an API process killed outright takes its engine process with it.
 
 Real servers on the tiny model over HTTP; the engine child is found as the server's child process.
 """
@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -62,16 +61,15 @@ def completion(server: ServerProcess, prompt: str, **kw: object) -> str:
     ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="needs a GPU"))],
 )
 def test_process_and_thread_give_the_same_tokens(start_server, device: str) -> None:
-    """Greedy and seeded requests: token for token equal. On the CPU (float32) several at once, so they
-    share steps; on the GPU (bf16, CUDA graphs) one at a time, since a batch's shape may change bf16
-    rounding and the two servers need not batch alike."""
+    """Greedy and seeded requests: token for token equal. One at a time: concurrent requests would share
+    steps as each server's timing happens to batch them, and a batch's shape may change the rounding
+    (bf16 on the GPU, and float32 too on a near-tie), so equal tokens would rest on luck."""
     servers = [start_server(device=device, engine_process=mode) for mode in (True, False)]
     requests = [(f"Prompt number {i} says", {"temperature": 0}) for i in range(4)]
     requests += [("Seeded", {"temperature": 1.0, "seed": 11})]
     texts = []
     for server in servers:
-        with ThreadPoolExecutor(len(requests) if device == "cpu" else 1) as pool:
-            texts.append(list(pool.map(lambda r, s=server: completion(s, r[0], **r[1]), requests)))
+        texts.append([completion(server, prompt, **kw) for prompt, kw in requests])
     assert texts[0] == texts[1]
     assert all(texts[0])
 
@@ -128,4 +126,15 @@ def test_tensor_parallel_ranks_start_from_the_engine_process(start_server) -> No
     procs = [engine_child(two), *engine_child(two).children()]
     assert two.stop() == 0
     _, alive = psutil.wait_procs(procs, timeout=30)
+    assert alive == []
+
+
+def test_engine_process_exits_when_the_api_process_is_killed(start_server) -> None:
+    """A SIGKILL runs none of the API process's clean-up: the engine child's lifeline must end it, so no
+    engine outlives the server holding a GPU. Bounded by the wait, not timed."""
+    server = start_server(engine_process=True)
+    child = engine_child(server)
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(30)
+    _, alive = psutil.wait_procs([child], timeout=30)
     assert alive == []

@@ -55,7 +55,7 @@ class ServerState:
     def _load(self, loop: asyncio.AbstractEventLoop) -> None:
         s = self.settings
 
-        def failed(message: str) -> None:  # a dead tensor-parallel worker or engine process
+        def failed(message: str) -> None:  # the engine's streams have failed already: exit
             loop.call_soon_threadsafe(self._failed, message)
 
         try:
@@ -68,8 +68,10 @@ class ServerState:
                 runner = engine.launch()  # the model loads in the engine process
             else:
                 runner, llm_engine = build_engine(s)
-                runner.on_failure(failed)
-                engine = AsyncEngine(llm_engine, max_queue=s.max_queue, on_step=self._on_step)
+                engine = AsyncEngine(
+                    llm_engine, max_queue=s.max_queue, on_step=self._on_step, on_failure=failed
+                )
+                runner.on_failure(engine.fail)  # a dead tensor-parallel worker
         except Exception as exc:
             if not isinstance(exc, EngineStartError):  # a bug: not a bad checkpoint or setting
                 log.exception("starting the engine failed")

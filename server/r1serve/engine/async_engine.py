@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import queue
 import sys
 import threading
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from r1serve.engine.core import Command, EngineCore, EngineStats, Event
 from r1serve.engine.llm_engine import LLMEngine, check_prompt
 from r1serve.engine.sequence import FinishReason, SamplingParams
+
+log = logging.getLogger(__name__)
 
 # The engine loop's thread (or the thread reading the engine process's pipe) drops the GIL in every
 # torch call and pipe read, and must take it back from the event loop, which holds it while it
@@ -68,6 +71,7 @@ class RequestStream:
 
 
 StepHook = Callable[[EngineStats], None]  # on the event loop, after each step's events
+FailureHook = Callable[[str], None]  # on the thread that found the engine gone
 
 
 class EngineClient:
@@ -79,9 +83,12 @@ class EngineClient:
     block_size: int
     max_num_seqs: int
 
-    def __init__(self, *, max_queue: int, on_step: StepHook | None = None) -> None:
+    def __init__(
+        self, *, max_queue: int, on_step: StepHook | None = None, on_failure: FailureHook | None = None
+    ) -> None:
         self.max_queue = max_queue
         self.on_step = on_step
+        self.on_failure = on_failure
         self.stats = EngineStats()
         self._streams: dict[int, RequestStream] = {}
         self._ids = itertools.count()
@@ -168,6 +175,18 @@ class EngineClient:
         if self.on_step is not None and stats.batch_size:
             self.on_step(stats)
 
+    def fail(self, message: str) -> None:
+        """The engine is gone for good (its process, or a tensor-parallel rank, died): every stream in
+        flight ends with `message`, and so does every later request; then `on_failure` runs (the
+        server exits). Callable from any thread; the one failure path of both ways to run the loop."""
+        log.error("%s", message)
+        if self._loop is None:  # not serving yet: no stream to end
+            self._failure = message
+        else:
+            self._loop.call_soon_threadsafe(self._fail_all, message)
+        if self.on_failure is not None:
+            self.on_failure(message)
+
     def _fail_all(self, message: str) -> None:
         """The engine is gone: every stream in flight ends with `message`, and so does every later one."""
         self._failure = message
@@ -195,8 +214,15 @@ class EngineClient:
 class AsyncEngine(EngineClient):
     """The engine loop on a thread of this process (the `engine_process=false` setting)."""
 
-    def __init__(self, engine: LLMEngine, *, max_queue: int, on_step: StepHook | None = None) -> None:
-        super().__init__(max_queue=max_queue, on_step=on_step)
+    def __init__(
+        self,
+        engine: LLMEngine,
+        *,
+        max_queue: int,
+        on_step: StepHook | None = None,
+        on_failure: FailureHook | None = None,
+    ) -> None:
+        super().__init__(max_queue=max_queue, on_step=on_step, on_failure=on_failure)
         self.engine = engine
         self.max_model_len = engine.max_model_len
         self.num_blocks = engine.block_manager.num_blocks

@@ -13,15 +13,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from r1serve.engine.llm_engine import LLMEngine
 from r1serve.engine.sequence import SamplingParams, Sequence
 
 log = logging.getLogger(__name__)
 
-# ("add", request_id, prompt_token_ids, params, eos_token_ids) or ("abort", request_id)
-Command = tuple
+AddCommand = tuple[Literal["add"], int, list[int], SamplingParams, frozenset[int]]  # request id, prompt, ...
+AbortCommand = tuple[Literal["abort"], int]  # request id
+StopCommand = tuple[Literal["stop"]]  # the engine process exits (the thread stops by a flag)
+Command = AddCommand | AbortCommand | StopCommand
 # (request_id, new token id or None, finish reason value or None, error message or None)
 Event = tuple[int, int | None, str | None, str | None]
 

@@ -6,9 +6,11 @@ runner and the `LLMEngine` (scheduler, sampler, KV cache, the per-request seeded
 with tensor parallelism rank 0, which starts the other ranks from here) and runs `EngineCore`; the
 API process keeps the tokenizer and everything HTTP.
 
-One duplex pipe: commands (add, abort, stop) go down as small tuples, and each step comes back as
-ONE message with every request's new token, finish reason or error plus the stats the metrics and
-the queue limit read; a reader thread in the API process hands each message to the event loop in
+One duplex pipe: commands (add, abort, stop) go down as small tuples, sent by a writer thread (the
+child reads the pipe only between steps, and a few long prompts fill the socket buffer: a send on
+the event loop would freeze every stream until the step ends), and each step comes back as ONE
+message with every request's new token, finish reason or error plus the stats the metrics and the
+queue limit read; a reader thread in the API process hands each message to the event loop in
 one `call_soon_threadsafe`. The child's first message is "ready" with the sizes the API process
 checks prompts against (so a rejection needs no round trip), or "error" with the message the server
 exits with.
@@ -16,7 +18,9 @@ exits with.
 Failures: a start-up failure surfaces from `launch` as `EngineStartError` with the same message the
 in-process load gives. A child that dies later ends every request in flight with an EngineError and
 calls `on_failure` (the server exits non-zero), as a dead tensor-parallel worker does. The child
-ignores SIGINT/SIGTERM (the API process drains, then stops it) and exits if the API process dies.
+ignores SIGINT/SIGTERM (the API process drains, then stops it) and exits if the API process dies;
+if the API process exits without stopping it (a forced second Ctrl-C skips the drain), an exit hook
+kills it, since multiprocessing's own exit hook would wait for the child, and the child for it.
 """
 
 from __future__ import annotations
@@ -24,17 +28,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import queue
 import signal
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from multiprocessing.util import Finalize
 
 import torch
 
 from r1serve.checkpoint import GenerationDefaults
 from r1serve.config import Settings
-from r1serve.engine.async_engine import EngineClient, StepHook
+from r1serve.engine.async_engine import EngineClient, FailureHook, StepHook
 from r1serve.engine.core import Command, EngineCore, EngineStats, Event
 from r1serve.engine.loader import EngineStartError, build_engine
 from r1serve.tokenizer import Tokenizer
@@ -77,14 +82,14 @@ class EngineProcess(EngineClient):
         *,
         max_queue: int,
         on_step: StepHook | None = None,
-        on_failure: Callable[[str], None] | None = None,
+        on_failure: FailureHook | None = None,  # called on the reader thread
     ) -> None:
-        super().__init__(max_queue=max_queue, on_step=on_step)
+        super().__init__(max_queue=max_queue, on_step=on_step, on_failure=on_failure)
         self.settings = settings
-        self.on_failure = on_failure  # called on the reader thread
         self.proc: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
-        self._send_lock = threading.Lock()
+        self._outbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()  # None ends the writer
+        self._writer: threading.Thread | None = None
         self._reader: threading.Thread | None = None
         self._ready = False
         self._stopping = False
@@ -97,33 +102,42 @@ class EngineProcess(EngineClient):
         conn, child_conn = ctx.Pipe()
         # Not a daemon: daemonic processes may not have children, and rank 0 starts the
         # tensor-parallel workers. The child's lifeline ends it with this process instead.
-        self.proc = ctx.Process(
+        proc = ctx.Process(
             target=engine_main,
             args=(self.settings, child_conn, logging.getLogger().level),
             name="r1serve-engine",
             daemon=False,
         )
-        self.proc.start()
+        proc.start()
+        self.proc = proc  # only once started: `_shutdown` may kill it from now on
+        # multiprocessing's exit hook join()s a non-daemon child, which waits for this process to
+        # exit: a deadlock whenever this process exits without `stop` (a forced second Ctrl-C, a
+        # shutdown before the state knew of this engine). Finalizers of priority >= 0 run before
+        # that join; after a clean `stop` this one finds the child gone.
+        Finalize(None, self._abandon, exitpriority=10)
         child_conn.close()  # the child holds the only other end: EOF here means it is gone
         self._conn = conn
         if self._stopping:  # stopped while this started it: a non-daemon child would block the exit
-            self.proc.kill()
-        wait([conn, self.proc.sentinel])
+            proc.kill()
+        wait([conn, proc.sentinel])
         message = None
         with contextlib.suppress(EOFError, OSError):
             message = conn.recv() if conn.poll() else None
         if message is not None and message[0] == "error":
-            self.proc.join(STOP_SECONDS)
+            proc.join(STOP_SECONDS)
             raise EngineStartError(message[1])
         if message is None or message[0] != "ready":
-            self.proc.join(1.0)
+            proc.join(1.0)
             if self._stopping:
                 raise EngineStartError("the server stopped while the engine process was starting")
-            how = exit_description(self.proc.exitcode)
+            how = exit_description(proc.exitcode)
             raise EngineStartError(f"the engine process {how} while loading {self.settings.model}")
         sizes: EngineSizes = message[1]
         self.max_model_len, self.block_size = sizes.max_model_len, sizes.block_size
         self.num_blocks, self.max_num_seqs = sizes.num_blocks, sizes.max_num_seqs
+        # Started here, not in `_launch`: a stop must reach a child that is ready but never served.
+        self._writer = threading.Thread(target=self._write, name="r1serve-engine-writer", daemon=True)
+        self._writer.start()
         self._ready = True
         return model_info(self.settings, sizes)
 
@@ -134,12 +148,14 @@ class EngineProcess(EngineClient):
         self._reader.start()
 
     def _send(self, command: Command) -> None:
-        assert self._conn is not None
-        try:
-            with self._send_lock:
-                self._conn.send(command)
-        except OSError:
-            pass  # the child is gone: the reader sees EOF and fails every stream in flight
+        self._outbox.put(command)
+
+    def _write(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        while (command := self._outbox.get()) is not None:
+            with contextlib.suppress(OSError):  # the child is gone: the reader sees EOF, fails the streams
+                conn.send(command)
 
     def _read(self) -> None:
         loop, conn, proc = self._loop, self._conn, self.proc
@@ -152,18 +168,11 @@ class EngineProcess(EngineClient):
             if message[0] == "step":
                 loop.call_soon_threadsafe(self._deliver, message[1], message[2])
             elif message[0] == "fatal":  # a tensor-parallel worker died: the engine is unusable
-                self._failed(message[1])
+                self.fail(message[1])
         if self._stopping:
             return
         proc.join(1.0)
-        self._failed(f"the engine process died ({exit_description(proc.exitcode)})")
-
-    def _failed(self, message: str) -> None:
-        log.error("%s", message)
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._fail_all, message)
-        if self.on_failure is not None:
-            self.on_failure(message)
+        self.fail(f"the engine process died ({exit_description(proc.exitcode)})")
 
     # -- shutdown ----------------------------------------------------------------------------------
 
@@ -177,15 +186,28 @@ class EngineProcess(EngineClient):
         if self._ready:
             self._send(("stop",))
             proc.join(STOP_SECONDS)
+        self._outbox.put(None)
         if proc.exitcode is None:
             if self._ready:
                 log.warning("the engine process did not exit; killing it")
-            proc.kill()
-            proc.join()
-        if self._reader is not None:
-            self._reader.join(5.0)
+            _kill_if_alive(proc)
+        for thread in (self._writer, self._reader):
+            if thread is not None:
+                thread.join(5.0)
         if self._conn is not None:
             self._conn.close()
+
+    def _abandon(self) -> None:
+        """At this process's exit, a child never stopped is killed (see `launch`)."""
+        self._stopping = True  # the reader must not report the kill as an engine failure
+        if self.proc is not None:
+            _kill_if_alive(self.proc)
+
+
+def _kill_if_alive(proc: mp.process.BaseProcess) -> None:
+    if proc.exitcode is None:
+        proc.kill()
+        proc.join()
 
 
 def model_info(settings: Settings, sizes: EngineSizes) -> ModelInfo:
