@@ -226,12 +226,9 @@ class ModelRunner:
             "KV cache %.1f GiB",
             total / 2**30, free / 2**30, weights / 2**30, activations / 2**30, budget / 2**30,
         )  # fmt: skip
-        if budget <= 0:
-            raise ValueError(
-                f"no GPU memory left for the KV cache: {free / 2**30:.1f} GiB free after the weights, "
-                f"{activations / 2**30:.1f} GiB needed for activations, {1 - utilization:.0%} kept free"
-            )
-        return budget
+        # Not raised here when <= 0 (the log above shows it): the other ranks would wait at
+        # _agree_on_blocks for this one. 0 blocks fails the block-count check on every rank alike.
+        return max(budget, 0)
 
     def _metadata(
         self, batch: list[ScheduledSeq]

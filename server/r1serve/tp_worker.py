@@ -25,6 +25,7 @@ import logging
 import multiprocessing as mp
 import os
 import pickle
+import signal
 import socket
 import threading
 import time
@@ -166,6 +167,8 @@ class Workers:
     def step_failed(self, exc: BaseException) -> TensorParallelError:
         """Rank 0's step raised after the workers got it: a worker died, or rank 0 failed on its own.
         Either way the ranks are out of step for good, so every later step fails too."""
+        if self.error is not None:  # failed before: no need to wait for a death again
+            return TensorParallelError(self.error)
         self._fail(
             self.death() or f"tensor-parallel rank 0 failed in a step, the ranks are out of step: {exc!r}"
         )
@@ -267,6 +270,12 @@ def worker_main(
     """Entry point of the process of tensor-parallel rank `rank` (> 0)."""
     from r1serve.model_runner import ModelRunner
 
+    # A spawn child inherits ignored signals: from an engine process, SIGTERM would be ignored too, and
+    # multiprocessing's terminate() of this daemon at rank 0's exit would do nothing while rank 0's
+    # exit waits for it. SIGINT stays ignored: a Ctrl-C reaches the whole process group, and rank 0
+    # decides when the ranks stop (after the drain), as the engine process does.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(
         level=log_level, format=f"%(asctime)s %(levelname)s tp-rank-{rank} %(name)s: %(message)s"
     )

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from r1serve.config import Settings
 from r1serve.engine.llm_engine import LLMEngine
+
+if TYPE_CHECKING:
+    from r1serve.model_runner import ModelRunner
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +23,7 @@ class EngineStartError(RuntimeError):
     """The model or the engine could not be built; the message is the server's exit message."""
 
 
-def build_engine(settings: Settings):  # -> tuple[ModelRunner, LLMEngine]
+def build_engine(settings: Settings) -> tuple[ModelRunner, LLMEngine]:
     """Loads the checkpoint, warms the runner up and wraps it in an LLMEngine."""
     from r1serve.checkpoint import CheckpointError
     from r1serve.model_runner import ModelRunner
@@ -40,7 +44,11 @@ def build_engine(settings: Settings):  # -> tuple[ModelRunner, LLMEngine]
             max_num_seqs=s.max_num_seqs,
             tensor_parallel_size=s.tensor_parallel_size,
         )
-        runner.warmup()
+        try:
+            runner.warmup()
+        except BaseException:
+            runner.close()  # else its tensor-parallel workers outlive the failure
+            raise
     except (CheckpointError, ValueError, OSError) as exc:
         raise EngineStartError(str(exc)) from exc
     except Exception as exc:
