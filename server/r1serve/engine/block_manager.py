@@ -17,6 +17,11 @@ from r1serve.engine.sequence import Sequence
 NO_HASH = -1
 
 
+def blocks_for(num_tokens: int, block_size: int) -> int:
+    """Blocks that hold `num_tokens` tokens."""
+    return -(-num_tokens // block_size)
+
+
 @dataclass
 class Block:
     block_id: int
@@ -53,7 +58,7 @@ class BlockManager:
         return 1.0 - len(self.free) / len(self.blocks)
 
     def blocks_for(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.block_size)
+        return blocks_for(num_tokens, self.block_size)
 
     # -- admission -------------------------------------------------------------------------------
 

@@ -12,9 +12,9 @@ from typing import Protocol
 
 import torch
 
-from r1serve.engine.block_manager import BlockManager
+from r1serve.engine.block_manager import BlockManager, blocks_for
 from r1serve.engine.sampler import Sampler, to_device
-from r1serve.engine.scheduler import Scheduler
+from r1serve.engine.scheduler import Scheduler, sampled_rows
 from r1serve.engine.sequence import Sequence
 from r1serve.model_runner import ScheduledSeq
 
@@ -44,7 +44,7 @@ def check_prompt(num_prompt_tokens: int, max_model_len: int, num_blocks: int, bl
             f"the prompt has {num_prompt_tokens} tokens; this model's context is {max_model_len} "
             "tokens including the output"
         )
-    if -(-(num_prompt_tokens + 1) // block_size) > num_blocks:
+    if blocks_for(num_prompt_tokens + 1, block_size) > num_blocks:
         raise RequestRejected(
             f"the prompt has {num_prompt_tokens} tokens; the KV cache holds at most {num_blocks * block_size}"
         )
@@ -118,13 +118,14 @@ class LLMEngine:
         t0 = clock()
         scheduler = self.scheduler
         chunks = scheduler.schedule()
+        # Cleared only once this step has succeeded: a failed step must not lose these streams' ends.
         results = [StepResult(seq, None) for seq in scheduler.finished]
-        scheduler.finished.clear()
         self.last_batch_size = len(chunks)
         self.last_batch_tokens = sum(c.num_tokens for c in chunks)
         t1 = clock()
         if not chunks:
             self.last_step_times = StepTimes(schedule=t1 - t0)
+            scheduler.finished.clear()
             return results
         batch = [
             ScheduledSeq(c.seq.token_ids[c.start : c.start + c.num_tokens], c.start, c.seq.block_table)
@@ -133,7 +134,7 @@ class LLMEngine:
         t2 = clock()
         logits = self.runner.run(batch)
         t3 = clock()
-        rows = [i for i, c in enumerate(chunks) if c.start + c.num_tokens == len(c.seq.token_ids)]
+        rows = sampled_rows(chunks)
         tokens = None
         if rows:
             if len(rows) < len(chunks):  # a prompt chunk short of its end samples nothing
@@ -161,6 +162,7 @@ class LLMEngine:
                 scheduler.finish(seq, reason)
                 self.generators.pop(seq.seq_id, None)
             results.append(StepResult(seq, token_id))
+        scheduler.finished.clear()
         self.last_step_times = StepTimes(t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, clock() - t6)
         return results
 

@@ -28,10 +28,11 @@ class ScheduledChunk:
     start: int  # == seq.num_computed_tokens when scheduled
     num_tokens: int
 
-    @property
-    def completes_sequence(self) -> bool:
-        """True when this chunk reaches the sequence's last token, i.e. its logits are sampled."""
-        return self.start + self.num_tokens == len(self.seq)
+
+def sampled_rows(chunks: list[ScheduledChunk]) -> list[int]:
+    """The indices of the chunks that reach their sequence's last token: their logits are sampled (a
+    prompt chunk short of its end samples nothing). A loop over the step, not a property per chunk."""
+    return [i for i, c in enumerate(chunks) if c.start + c.num_tokens == len(c.seq.token_ids)]
 
 
 class Scheduler:
@@ -54,7 +55,7 @@ class Scheduler:
         self.num_preemptions = 0
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.finished)  # finished: still to report
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -91,18 +92,18 @@ class Scheduler:
         chunks: list[ScheduledChunk] = []
         skipped: list[Sequence] = []  # out of token budget this step: keep their blocks, compute next step
         # Decoding sequences first (one token each, latency-critical), then unfinished prefills.
-        decodes: list[Sequence] = []
-        prefills: list[Sequence] = []
+        decodes: list[tuple[Sequence, int]] = []  # with its uncomputed tokens
+        prefills: list[tuple[Sequence, int]] = []
         for seq in self.running:
-            (prefills if len(seq.token_ids) - seq.num_computed_tokens > 1 else decodes).append(seq)
+            left = seq.num_uncomputed_tokens
+            (prefills if left > 1 else decodes).append((seq, left))
         cap = self.max_prefill_tokens_when_decoding
         prefill_budget = min(cap, budget) if decodes and cap > 0 else budget
         pending = deque(decodes)
         pending.extend(prefills)
         preempted = False
         while pending:
-            seq = pending.popleft()
-            left = len(seq.token_ids) - seq.num_computed_tokens
+            seq, left = pending.popleft()
             n = min(left, budget) if left <= 1 else min(left, budget, prefill_budget)
             if n == 0:
                 skipped.append(seq)
@@ -112,7 +113,7 @@ class Scheduler:
                 while not bm.can_grow(seq, need):
                     preempted = True
                     if pending:
-                        self._preempt(pending.pop())
+                        self._preempt(pending.pop()[0])
                     elif skipped:
                         self._preempt(skipped.pop())
                     else:
