@@ -10,6 +10,7 @@ the `engine_process` setting.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import itertools
 import logging
 import queue
@@ -236,8 +237,13 @@ class AsyncEngine(EngineClient):
     def _launch(self) -> None:
         self._thread = threading.Thread(target=self._run, name="r1serve-engine", daemon=True)
         self._thread.start()
+        # An exit that skips `stop` (a forced second Ctrl-C) would finalise the interpreter under a step
+        # still running torch on this daemon thread, which aborts the process (SIGABRT, "terminate
+        # called without an active exception"): end the loop first. It stops between steps.
+        atexit.register(self._shutdown)
 
     def _shutdown(self) -> None:
+        atexit.unregister(self._shutdown)
         self._stopping = True
         self._wakeup.set()
         if self._thread is not None:
@@ -252,9 +258,12 @@ class AsyncEngine(EngineClient):
     def _run(self) -> None:
         loop = self._loop
         assert loop is not None
-        EngineCore(self.engine).run(
-            self._receive, lambda events, stats: loop.call_soon_threadsafe(self._deliver, events, stats)
-        )
+
+        def emit(events: list[Event], stats: EngineStats) -> None:
+            if not loop.is_closed():  # a forced exit closed it under this step; the loop stops next
+                loop.call_soon_threadsafe(self._deliver, events, stats)
+
+        EngineCore(self.engine).run(self._receive, emit)
 
     def _receive(self, block: bool) -> list[Command] | None:
         if block:
