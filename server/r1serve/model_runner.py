@@ -341,6 +341,8 @@ class ModelRunner:
             blocks = list(range(-(-(n + 1) // self.block_size)))
             # a prompt, and beside it a sequence decoding: the mixed step's form
             self.run([ScheduledSeq([0] * n, 0, blocks), ScheduledSeq([0], n, blocks)])
+        if self.graphs is None:  # eager: no graph capture has compiled the decode form
+            self.run([ScheduledSeq([0], lengths[0], list(range(-(-(lengths[0] + 1) // self.block_size))))])
 
     def on_failure(self, callback: Callable[[str], None]) -> None:
         """Tensor parallel: `callback(message)` runs (on another thread) once a worker has died or the
