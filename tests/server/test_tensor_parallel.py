@@ -63,6 +63,16 @@ def greedy(
     return tokens, history
 
 
+def greedy_on_both(
+    one: ModelRunner, two: ModelRunner, prompts: list[list[int]], steps: int
+) -> tuple[tuple[list[list[int]], list[torch.Tensor]], tuple[list[list[int]], list[torch.Tensor]]]:
+    """`greedy` on the one-rank and then the two-rank runner; closes the two-rank one."""
+    try:
+        return greedy(one, prompts, steps), greedy(two, prompts, steps)
+    finally:
+        two.close()
+
+
 def prompts(vocab: int, lengths: tuple[int, ...] = (3, 17, 40)) -> list[list[int]]:
     gen = torch.Generator().manual_seed(sum(lengths))
     return [torch.randint(3, vocab, (n,), generator=gen).tolist() for n in lengths]
@@ -170,12 +180,7 @@ def test_tied_embeddings_and_an_uneven_vocabulary(tmp_path: Path, tiny_model_dir
     model_dir = _hf_checkpoint(tmp_path, tiny_model_dir, tied=True)
     one = ModelRunner(model_dir, **CPU)
     two = ModelRunner(model_dir, tensor_parallel_size=2, **CPU)
-    try:
-        batch = prompts(255, (1, 9, 30))
-        tokens_1, logits_1 = greedy(one, batch, steps=12)
-        tokens_2, logits_2 = greedy(two, batch, steps=12)
-    finally:
-        two.close()
+    (tokens_1, logits_1), (tokens_2, logits_2) = greedy_on_both(one, two, prompts(255, (1, 9, 30)), 12)
     assert tokens_2 == tokens_1
     for a, b in zip(logits_1, logits_2, strict=True):
         assert b.shape == (3, 255)
@@ -352,13 +357,9 @@ def test_two_gpus_greedy_tokens_match_one_in_float32(shape_1p5b: Path) -> None:
     does not, so the ranks' budgets differ and must agree on the smaller block count."""
     one = ModelRunner(shape_1p5b, dtype="float32", kv_cache_memory=2**30, **GPU)
     two = ModelRunner(shape_1p5b, dtype="float32", tensor_parallel_size=2, gpu_memory_utilization=0.5, **GPU)
-    try:
-        assert two.graphs is not None and two.num_blocks * two.block_size >= two.max_model_len
-        batch = prompts(one.config.vocab_size, (5, 40, 129))
-        tokens_1, logits_1 = greedy(one, batch, steps=64)
-        tokens_2, logits_2 = greedy(two, batch, steps=64)
-    finally:
-        two.close()
+    assert two.graphs is not None and two.num_blocks * two.block_size >= two.max_model_len
+    batch = prompts(one.config.vocab_size, (5, 40, 129))
+    (tokens_1, logits_1), (tokens_2, logits_2) = greedy_on_both(one, two, batch, 64)
     assert tokens_2 == tokens_1
     for a, b in zip(logits_1, logits_2, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3)
@@ -368,13 +369,9 @@ def test_two_gpus_greedy_tokens_match_one_in_float32(shape_1p5b: Path) -> None:
 def test_two_gpus_bf16_logits_match_one(shape_1p5b: Path) -> None:
     one = ModelRunner(shape_1p5b, kv_cache_memory=2**30, **GPU)
     two = ModelRunner(shape_1p5b, kv_cache_memory=2**30, tensor_parallel_size=2, **GPU)
-    try:
-        assert one.dtype == two.dtype == torch.bfloat16
-        batch = prompts(one.config.vocab_size, (5, 40, 129))
-        tokens_1, logits_1 = greedy(one, batch, steps=16)
-        tokens_2, logits_2 = greedy(two, batch, steps=16)
-    finally:
-        two.close()
+    assert one.dtype == two.dtype == torch.bfloat16
+    batch = prompts(one.config.vocab_size, (5, 40, 129))
+    (tokens_1, logits_1), (tokens_2, logits_2) = greedy_on_both(one, two, batch, 16)
     # the prefill (same inputs on both) differs by bf16 rounding of the split sums only; bf16 keeps 8
     # bits of mantissa, so compare relative to the logits' size (as test_model_parity's bf16 test does)
     err = float((logits_2[0] - logits_1[0]).abs().max())
