@@ -15,33 +15,15 @@ from pathlib import Path
 
 import pytest
 from r1ops.e2e.cluster import Cluster
-from r1ops.e2e.gpu_platform import GPU_DAEMONSETS, daemonset
+from r1ops.e2e.gpu_platform import GPU_DAEMONSETS, PLATFORM, daemonset
 from r1ops.e2e.kubectl import Kubectl
 
 pytestmark = pytest.mark.e2e
 
-PLATFORM = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: gpu-operator}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: argocd}
----
+PROD_NAMESPACE = """
 apiVersion: v1
 kind: Namespace
 metadata: {name: ai-inference-prod}
----
-apiVersion: argoproj.io/v1alpha1
-kind: AppProject
-metadata: {name: r1-inference, namespace: argocd}
-spec: {}
----
-apiVersion: argoproj.io/v1alpha1
-kind: AppProject
-metadata: {name: r1-platform, namespace: argocd}
-spec: {}
 """
 
 QUOTA = """
@@ -84,7 +66,7 @@ def _quota_seen(kubectl: Kubectl, gpus: str) -> bool:
 
 def test_preflight_on_a_real_api_server(cluster: Cluster, kubectl: Kubectl) -> None:
     try:
-        kubectl.apply(PLATFORM)
+        kubectl.apply(PLATFORM + "---\n" + PROD_NAMESPACE)
         for name in GPU_DAEMONSETS:
             kubectl.apply(daemonset(name))
         kubectl.apply(QUOTA.format(gpus=8))

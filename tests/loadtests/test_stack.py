@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -25,6 +27,40 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
+@contextmanager
+def _r1ops(
+    args: list[str], cache: Path, until: str, also: str = ""
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`r1ops ARGS` running, with its output read up to the first line holding `until` (and `also`);
+    killed on the way out if the test left it running."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache), COLUMNS="200")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "r1ops.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if until in line and also in line:
+                break
+        yield proc, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _assert_no_orphans(pids: list[int]) -> None:
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in pids if _alive(p)], "orphaned children"
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")  # the tiny model is written once, on first use
@@ -38,22 +74,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_stack_stops_every_child(
     stop_signal: signal.Signals, flags: list[str], children: int, cache: Path
 ) -> None:
-    env = dict(os.environ, XDG_CACHE_HOME=str(cache), COLUMNS="200")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "r1ops.cli", "stack", *flags],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    lines: list[str] = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if "stack ready" in line:
-                break
-        text = "".join(lines)
+    with _r1ops(["stack", *flags], cache, until="stack ready") as (proc, text):
         pids = [int(p) for p in re.findall(r"pid=(\d+)", text)]
         assert len(pids) == children, text  # stable, [canary,] prometheus
         prometheus = re.search(r"prometheus (http://127\.0\.0\.1:\d+)", text).group(1)
@@ -66,41 +87,15 @@ def test_stack_stops_every_child(
         )
         proc.send_signal(stop_signal)
         assert proc.wait(timeout=60) in (0, 130)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    deadline = time.monotonic() + 10
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [p for p in pids if _alive(p)], "orphaned children"
+    _assert_no_orphans(pids)
 
 
 def test_demo_interrupted_under_load_leaves_no_orphans(cache: Path, tmp_path: Path) -> None:
-    env = dict(os.environ, XDG_CACHE_HOME=str(cache), COLUMNS="200")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "r1ops.cli", "demo", "--out", str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    lines: list[str] = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if "locust" in line and "pid=" in line:
-                break
-        pids = [int(p) for p in re.findall(r"pid=(\d+)", "".join(lines))]
-        assert len(pids) == 4, "".join(lines)  # stable, canary, prometheus, locust
+    with _r1ops(["demo", "--out", str(tmp_path)], cache, until="pid=", also="locust") as (proc, text):
+        pids = [int(p) for p in re.findall(r"pid=(\d+)", text)]
+        assert len(pids) == 4, text  # stable, canary, prometheus, locust
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
         assert proc.returncode == 130, rest
         assert "interrupted" in rest
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    deadline = time.monotonic() + 10
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [p for p in pids if _alive(p)], "orphaned children"
+    _assert_no_orphans(pids)
