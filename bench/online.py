@@ -144,6 +144,7 @@ def summarise(concurrency: int, results: list[RequestTiming], wall: float) -> di
         "e2e_p50_s": percentile([r.e2e for r in ok], 0.5),
         "e2e_p99_s": percentile([r.e2e for r in ok], 0.99),
         "output_tok_s": sum(r.output_tokens for r in ok) / wall,
+        "error_kinds": ",".join(sorted({r.error for r in results if r.error})),
     }
 
 

@@ -80,6 +80,17 @@ class DecodeGraphs:
                 bar.advance(task)
         torch.cuda.synchronize(device)
 
+    def release(self, sync: bool = True) -> None:
+        """Frees the graphs. Call it before destroying a process group whose collectives they captured:
+        while such a graph lives, destroying or aborting the NCCL group does not return (pytorch#115388;
+        both hung on two H200s)."""
+        if sync:
+            torch.cuda.synchronize(self.input_ids.device)
+        for graph in self.graphs.values():
+            graph.reset()
+        self.graphs.clear()
+        self.outputs.clear()
+
     def fits(self, token_counts: Sequence[int]) -> bool:
         return len(token_counts) <= self.max_batch and all(n == 1 for n in token_counts)
 

@@ -355,6 +355,10 @@ class ModelRunner:
         a no-op with one rank."""
         peers, self._peers, self._workers = self._peers, None, None
         if peers is not None:
+            if self.graphs is not None:  # they hold NCCL collectives: freed first (DecodeGraphs.release)
+                # after a failure a graph may wait on a dead peer forever: no synchronize then
+                self.graphs.release(sync=getattr(peers, "error", None) is None)
+                self.graphs = None
             peers.close()
 
 

@@ -14,8 +14,10 @@ into a timeout, and the pipe carries the workers' start-up reports and errors th
 Failures: a worker that fails to start reports its error through the pipe, and rank 0 raises it
 (`TensorParallelError`) instead of waiting at a collective the worker will never join. A worker that
 dies later is noticed by a monitor thread on rank 0, which logs it, calls `on_failure` (the server
-exits) and aborts the NCCL group so that a step waiting for the dead rank returns. A worker exits as
-soon as rank 0's process is gone, so none is left behind holding a GPU.
+exits) and then tries to abort the NCCL group, on a thread of its own, so that a step waiting for the
+dead rank returns. That abort may never return while CUDA graphs that captured the group's
+collectives exist (pytorch#115388), so nothing waits for it but `close`, and only for a while. A
+worker exits as soon as rank 0's process is gone, so none is left behind holding a GPU.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from r1serve.model.parallel import destroy_process_group
 
 log = logging.getLogger(__name__)
 JOIN_SECONDS = 10.0  # a worker's clean exit after the goodbye; then it is killed
+ABORT_SECONDS = 10.0  # how long `close` waits for an abort a failure started
 
 
 class TensorParallelError(RuntimeError):
@@ -64,6 +67,7 @@ class Workers:
         self.on_failure: Callable[[str], None] | None = None
         self._abort_on_failure = device.type == "cuda"  # NCCL waits for a dead peer forever; gloo does not
         self._closing = False
+        self._abort: threading.Thread | None = None  # the NCCL abort a failure started
         self._lock = threading.RLock()  # the monitor and a failed step may both read a dead worker's pipe
         self._reports: dict[int, str] = {}
         # The rendezvous store listens on 127.0.0.1 only, on a port the kernel picked.
@@ -180,10 +184,13 @@ class Workers:
                 return
             self.error = message
         log.error("%s", message)
-        if self._abort_on_failure:
-            destroy_process_group(abort=True)
-        if self.on_failure is not None:
+        if self.on_failure is not None:  # first: the abort below may never return
             self.on_failure(message)
+        if self._abort_on_failure:
+            self._abort = threading.Thread(
+                target=destroy_process_group, args=(True,), name="r1serve-tp-abort", daemon=True
+            )
+            self._abort.start()
 
     def _monitor(self) -> None:
         sentinels = {p.sentinel: rank for rank, p in enumerate(self.procs, start=1)}
@@ -204,7 +211,12 @@ class Workers:
         for conn in self.conns:
             with contextlib.suppress(OSError):  # already gone
                 conn.send_bytes(pickle.dumps(None))
-        destroy_process_group(abort=self.error is not None)
+        if self._abort is None:
+            destroy_process_group(abort=self.error is not None)
+        else:
+            self._abort.join(ABORT_SECONDS)
+            if self._abort.is_alive():
+                log.warning("the NCCL abort after the failure has not returned; leaving the process group")
         for proc in self.procs:
             proc.join(JOIN_SECONDS)
             if proc.exitcode is None:

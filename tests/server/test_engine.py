@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from r1serve.engine.async_engine import SWITCH_INTERVAL_S, AsyncEngine, EngineError
+from r1serve.engine.async_engine import SWITCH_INTERVAL_S, AsyncEngine, EngineError, RequestStream, TokenEvent
 from r1serve.engine.llm_engine import LLMEngine, RequestRejected
 from r1serve.engine.sequence import FinishReason, SamplingParams, Sequence
 from r1serve.model_runner import ModelRunner
@@ -127,6 +127,21 @@ def test_stop_token_ids_and_eos_end_the_sequence(runner: ModelRunner, alone: lis
     assert eos.output_token_ids == s.output_token_ids
 
 
+def test_penalized_requests_run_through_the_engine(runner: ModelRunner) -> None:
+    """Penalties rewrite the step's logits in place (they once raised: inference tensors outside
+    inference mode). A presence penalty far above the tiny model's logit spread makes greedy decoding
+    pick a token it has not produced yet, every step."""
+    engine = engine_for(runner)
+    params = SamplingParams(max_tokens=16, temperature=0.0, presence_penalty=2.0, ignore_eos=True)
+    seqs = [Sequence(list(PROMPTS[0]), params), Sequence(list(PROMPTS[1]), GREEDY)]
+    for s in seqs:
+        engine.add(s)
+    while engine.has_work():
+        engine.step()
+    penalized = seqs[0].output_token_ids
+    assert len(penalized) == 16 and len(set(penalized)) == 16
+
+
 def test_prompt_too_long_is_rejected_up_front(runner: ModelRunner) -> None:
     with pytest.raises(RequestRejected, match="context"):
         engine_for(runner).check(MAX_LEN)
@@ -155,6 +170,40 @@ def test_async_engine_survives_a_failing_step(runner: ModelRunner) -> None:
     error, tokens = asyncio.run(scenario())
     assert isinstance(error, EngineError)
     assert len(tokens) == 15
+
+
+def test_a_consumer_behind_the_engine_takes_every_waiting_token_at_once() -> None:
+    """Events the consumer has not read yet merge into one (one SSE chunk under load), in order; an
+    error still comes after the tokens delivered before it."""
+
+    async def scenario() -> tuple[list[TokenEvent], list[int], Exception | None]:
+        stream = RequestStream(None, 0)  # type: ignore[arg-type]  # its engine is needed only to abort
+        events = aiter(stream)
+        for token in (1, 2, 3):
+            stream.events.put_nowait(TokenEvent([token]))
+        merged = [await anext(events)]
+        stream.events.put_nowait(TokenEvent([4]))
+        merged.append(await anext(events))  # one waiting: as it was
+        stream.events.put_nowait(TokenEvent([5]))
+        stream.events.put_nowait(TokenEvent([6], FinishReason.LENGTH))
+        merged.append(await anext(events))
+
+        broken = RequestStream(None, 2)  # type: ignore[arg-type]
+        for event in (TokenEvent([7]), TokenEvent([8]), TokenEvent([], error=EngineError("rank 1 died"))):
+            broken.events.put_nowait(event)
+        tokens: list[int] = []
+        error = None
+        try:
+            async for event in broken:
+                tokens += event.token_ids
+        except EngineError as exc:
+            error = exc
+        return merged, tokens, error
+
+    merged, tokens, error = asyncio.run(scenario())
+    assert [e.token_ids for e in merged] == [[1, 2, 3], [4], [5, 6]]
+    assert [e.finish_reason for e in merged] == [None, None, FinishReason.LENGTH]
+    assert tokens == [7, 8] and str(error) == "rank 1 died"
 
 
 def test_async_engine_shortens_the_gil_switch_interval_while_it_runs(runner: ModelRunner) -> None:
@@ -206,7 +255,7 @@ def test_engine_failure_ends_every_stream_and_later_requests(runner: ModelRunner
             try:
                 async for event in long:
                     tokens += len(event.token_ids)
-                    if tokens == 2:
+                    if tokens >= 2 and stuck.go.is_set():  # events may carry several tokens
                         stuck.go.clear()
                         threading.Thread(target=engine.fail, args=("rank 1 died",)).start()
             except EngineError as exc:

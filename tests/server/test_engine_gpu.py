@@ -27,6 +27,9 @@ GREEDY = P(max_tokens=40, temperature=0.0, ignore_eos=True)
 
 
 def runner(model_dir: Path, **kw: int) -> ModelRunner:
+    # A fixed cache: sized from free memory, it would depend on what earlier tests still hold (a runner
+    # kept alive by a failed test's traceback left the next one 0 blocks)
+    kw.setdefault("kv_cache_memory", 2**28)
     return ModelRunner(model_dir, device="cuda", progress=False, max_model_len=256, max_num_seqs=64, **kw)
 
 

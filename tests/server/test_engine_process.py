@@ -64,7 +64,9 @@ def test_process_and_thread_give_the_same_tokens(start_server, device: str) -> N
     """Greedy and seeded requests: token for token equal. One at a time: concurrent requests would share
     steps as each server's timing happens to batch them, and a batch's shape may change the rounding
     (bf16 on the GPU, and float32 too on a near-tie), so equal tokens would rest on luck."""
-    servers = [start_server(device=device, engine_process=mode) for mode in (True, False)]
+    # on the GPU a fixed cache: sized from free memory, the second server would find the first's
+    fixed = {"kv_cache_memory": 2**28} if device == "cuda" else {}
+    servers = [start_server(device=device, engine_process=mode, **fixed) for mode in (True, False)]
     requests = [(f"Prompt number {i} says", {"temperature": 0}) for i in range(4)]
     requests += [("Seeded", {"temperature": 1.0, "seed": 11})]
     texts = []

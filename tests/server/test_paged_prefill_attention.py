@@ -44,8 +44,9 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def tolerance(dtype: torch.dtype) -> float:
-    # bf16 inputs: P is rounded to bf16 before the P @ V product, as in flash-attention
-    return 1e-2 if dtype == torch.bfloat16 else 1e-5
+    # 16-bit inputs: P is rounded to the input type before the P @ V product, as in flash-attention
+    # (bf16 keeps 8 bits of mantissa, fp16 11: 2.6e-4 was measured for fp16 on an H200)
+    return {torch.bfloat16: 1e-2, torch.float16: 1e-3}.get(dtype, 1e-5)
 
 
 def patch_interpreter_bf16_dot() -> None:
@@ -102,6 +103,9 @@ def run_interpreter_cases() -> list[str]:
     return failures
 
 
+# CI's stand-in for a GPU. Where one is present the compiled kernel is tested on the same cases below;
+# and Triton 3.6's interpreter (the GPU machine's) cannot index a loop with a loaded value under NumPy 2.
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs the compiled kernel (tests below)")
 def test_kernel_matches_reference_in_the_triton_interpreter() -> None:
     pytest.importorskip("triton")
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # for `bench`

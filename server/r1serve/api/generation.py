@@ -122,6 +122,7 @@ class Generation:
 
     async def deltas(self) -> AsyncIterator[str]:
         metrics, name = self.state.metrics, self.state.model_name
+        ttft, itl = metrics.ttft.labels(name), metrics.itl.labels(name)  # once, not per token
         start = last = time.perf_counter()
         try:
             if delay := self.state.settings.test_delay_seconds:
@@ -130,7 +131,7 @@ class Generation:
                 text = ""
                 for token_id in event.token_ids:
                     now = time.perf_counter()
-                    (metrics.itl if self.num_tokens else metrics.ttft).labels(name).observe(now - last)
+                    (itl if self.num_tokens else ttft).observe(now - last)
                     last = now
                     self.num_tokens += 1
                     text += self._stops.feed(self._detok.push(token_id))

@@ -61,6 +61,16 @@ class RequestStream:
     async def __aiter__(self) -> AsyncIterator[TokenEvent]:
         while True:
             event = await self.events.get()
+            # A consumer slower than the engine (HTTP at many streams) takes every token already
+            # delivered as one event: one text delta and one SSE chunk instead of one per token, so
+            # the API's cost follows its own pace, not the engine's (vLLM's output collector merges
+            # the same way). At one event per step nothing changes.
+            while event.finish_reason is None and event.error is None and not self.events.empty():
+                later = self.events.get_nowait()
+                if later.error is not None:  # the tokens before it first
+                    self.events.put_nowait(later)  # empty before this put: it is next again
+                    break
+                event = TokenEvent(event.token_ids + later.token_ids, later.finish_reason)
             if event.error is not None:
                 raise event.error
             yield event

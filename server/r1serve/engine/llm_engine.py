@@ -113,6 +113,7 @@ class LLMEngine:
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
+    @torch.inference_mode()  # the logits are inference tensors: penalties update them in place
     def step(self) -> list[StepResult]:
         clock = time.perf_counter
         t0 = clock()
