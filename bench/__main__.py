@@ -20,7 +20,7 @@ from rich.table import Table
 from bench import engine_cases, hardware, online, peer, shapes
 
 CASES = ("peer", "decode", "offline", "coldstart", "online")
-console = Console()
+console = Console(width=200)  # logs of device runs keep every digit (a narrow table truncates them)
 
 
 def free_gpu() -> None:

@@ -56,9 +56,10 @@ class Settings(BaseSettings):
         1, ge=1, description="GPUs one model is split over (tensor parallel over NCCL; the pod needs as many)"
     )
     # The engine thread and the event loop (HTTP, SSE, detokenising for every stream) share one GIL in
-    # one process, and each engine step waits for HTTP work; in a process of its own it does not. Off
-    # by default until a GPU run has measured it (docs/PERFORMANCE.md): the thread is the mode the
-    # published numbers and the GPU tests come from.
+    # one process, and each engine step waits for HTTP work; in a process of its own it does not. On
+    # an H200 that paid up to 64 streams (1.6x the tokens) and cost beyond, where the one API process
+    # cannot keep up, and it adds ~5 s to start-up (docs/PERFORMANCE.md): off by default, on in the
+    # GPU pods (components/gpu), which take at most 64 sequences each.
     engine_process: bool = Field(
         False, description="run the engine (model, scheduler, sampler) in its own process (false: a thread)"
     )
