@@ -183,14 +183,14 @@ class Workers:
             if self.error is not None:
                 return
             self.error = message
+            if self._abort_on_failure:  # on its own thread: it may never return (see the module doc)
+                self._abort = threading.Thread(
+                    target=destroy_process_group, args=(True,), name="r1serve-tp-abort", daemon=True
+                )
+                self._abort.start()
         log.error("%s", message)
-        if self.on_failure is not None:  # first: the abort below may never return
+        if self.on_failure is not None:
             self.on_failure(message)
-        if self._abort_on_failure:
-            self._abort = threading.Thread(
-                target=destroy_process_group, args=(True,), name="r1serve-tp-abort", daemon=True
-            )
-            self._abort.start()
 
     def _monitor(self) -> None:
         sentinels = {p.sentinel: rank for rank, p in enumerate(self.procs, start=1)}
@@ -211,11 +211,13 @@ class Workers:
         for conn in self.conns:
             with contextlib.suppress(OSError):  # already gone
                 conn.send_bytes(pickle.dumps(None))
-        if self._abort is None:
+        with self._lock:
+            abort, self._abort_on_failure = self._abort, False  # from here on, only this close ends the group
+        if abort is None:
             destroy_process_group(abort=self.error is not None)
         else:
-            self._abort.join(ABORT_SECONDS)
-            if self._abort.is_alive():
+            abort.join(ABORT_SECONDS)
+            if abort.is_alive():
                 log.warning("the NCCL abort after the failure has not returned; leaving the process group")
         for proc in self.procs:
             proc.join(JOIN_SECONDS)

@@ -97,6 +97,22 @@ def test_greedy_and_seeded_requests_are_reproducible(client: openai.OpenAI, mode
     assert text(temperature=1.0, seed=7) == text(temperature=1.0, seed=7)
 
 
+def test_presence_and_frequency_penalties_are_served(client: openai.OpenAI, model: str) -> None:
+    """Penalties rewrite the step's logits in place; that once failed every step carrying such a
+    request (a 500 for it and for whatever shared its step)."""
+    out = client.completions.create(
+        model=model,
+        prompt="Hello",
+        max_tokens=8,
+        temperature=0,
+        presence_penalty=1.5,
+        frequency_penalty=1.0,
+        extra_body=EXACT,
+    )
+    assert out.choices[0].finish_reason == "length"
+    assert out.usage.completion_tokens == 8
+
+
 def test_reasoning_content_is_split_from_content_end_to_end(
     client: openai.OpenAI, model: str, live_server: ServerProcess
 ) -> None:
