@@ -53,16 +53,23 @@ def _quiet_probes(record: logging.LogRecord) -> bool:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from r1serve.api.app import create_app
-    from r1serve.api.drain import DrainingServer
-
     settings = _settings(args)
     if not settings.model.is_dir():
         print(f"r1serve serve: {settings.model}: not a directory", file=sys.stderr)
         return 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine_child = None
+    if settings.engine_process:
+        from r1serve.engine.engine_child import start_engine_child
+
+        # before the imports below: the engine process imports torch and loads the model meanwhile
+        engine_child = start_engine_child(settings)
+
+    import uvicorn
+
+    from r1serve.api.app import create_app
+    from r1serve.api.drain import DrainingServer
+
     fatal: list[str] = []
     server: DrainingServer | None = None
 
@@ -71,7 +78,7 @@ def serve(args: argparse.Namespace) -> int:
         assert server is not None
         server.should_exit = True
 
-    app = create_app(settings, on_fatal)
+    app = create_app(settings, on_fatal, engine_child)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=2,
         # Inside the pod the kubelet and Prometheus talk to the server directly; no proxy headers.

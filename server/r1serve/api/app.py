@@ -14,10 +14,13 @@ from r1serve.api.errors import install_error_handlers
 from r1serve.api.metrics import MetricsMiddleware
 from r1serve.api.state import ServerState
 from r1serve.config import Settings
+from r1serve.engine.engine_child import EngineChild
 
 
-def create_app(settings: Settings, on_fatal: Callable[[str], None]) -> FastAPI:
-    state = ServerState(settings, on_fatal)
+def create_app(
+    settings: Settings, on_fatal: Callable[[str], None], engine_child: EngineChild | None = None
+) -> FastAPI:
+    state = ServerState(settings, on_fatal, engine_child)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -20,14 +20,18 @@ from r1serve.api.metrics import EngineState, Metrics
 from r1serve.config import Settings
 from r1serve.engine.async_engine import AsyncEngine, EngineClient
 from r1serve.engine.core import EngineStats
+from r1serve.engine.engine_child import EngineChild
 from r1serve.engine.loader import EngineStartError, build_engine
 
 log = logging.getLogger(__name__)
 
 
 class ServerState:
-    def __init__(self, settings: Settings, on_fatal: Callable[[str], None]) -> None:
+    def __init__(
+        self, settings: Settings, on_fatal: Callable[[str], None], engine_child: EngineChild | None = None
+    ) -> None:
         self.settings = settings
+        self._engine_child = engine_child  # an engine process `r1serve serve` started early
         self.model_name = settings.model_name
         self.on_fatal = on_fatal
         self.drain = Drain()
@@ -65,7 +69,7 @@ class ServerState:
                 self._starting = engine = EngineProcess(
                     s, max_queue=s.max_queue, on_step=self._on_step, on_failure=failed
                 )
-                runner = engine.launch()  # the model loads in the engine process
+                runner = engine.launch(self._engine_child)  # the model loads in the engine process
             else:
                 runner, llm_engine = build_engine(s)
                 engine = AsyncEngine(

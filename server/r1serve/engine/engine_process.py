@@ -41,6 +41,7 @@ from r1serve.checkpoint import GenerationDefaults
 from r1serve.config import Settings
 from r1serve.engine.async_engine import EngineClient, FailureHook, StepHook
 from r1serve.engine.core import Command, EngineCore, EngineStats, Event
+from r1serve.engine.engine_child import EngineChild, start_engine_child
 from r1serve.engine.loader import EngineStartError, build_engine
 from r1serve.tokenizer import Tokenizer
 from r1serve.tp_worker import exit_description, start_lifeline
@@ -96,26 +97,14 @@ class EngineProcess(EngineClient):
 
     # -- start-up (on the loading thread) ------------------------------------------------------------
 
-    def launch(self) -> ModelInfo:
-        """Starts the child and waits until its model is loaded; EngineStartError if it fails."""
-        ctx = mp.get_context("spawn")
-        conn, child_conn = ctx.Pipe()
-        # Not a daemon: daemonic processes may not have children, and rank 0 starts the
-        # tensor-parallel workers. The child's lifeline ends it with this process instead.
-        proc = ctx.Process(
-            target=engine_main,
-            args=(self.settings, child_conn, logging.getLogger().level),
-            name="r1serve-engine",
-            daemon=False,
-        )
-        proc.start()
-        self.proc = proc  # only once started: `_shutdown` may kill it from now on
-        # multiprocessing's exit hook join()s a non-daemon child, which waits for this process to
-        # exit: a deadlock whenever this process exits without `stop` (a forced second Ctrl-C, a
-        # shutdown before the state knew of this engine). Finalizers of priority >= 0 run before
-        # that join; after a clean `stop` this one finds the child gone.
-        Finalize(None, self._abandon, exitpriority=10)
-        child_conn.close()  # the child holds the only other end: EOF here means it is gone
+    def launch(self, child: EngineChild | None = None) -> ModelInfo:
+        """Adopts `child` (started early by `r1serve serve`) or starts one, and waits until its model
+        is loaded; EngineStartError if it fails."""
+        child = child or start_engine_child(self.settings)
+        proc, conn = child.proc, child.conn
+        self.proc = proc  # from now on `_shutdown` may kill it
+        # At exit, before multiprocessing joins the child: it must not be reported as a failure
+        Finalize(None, self._abandon, exitpriority=11)
         self._conn = conn
         if self._stopping:  # stopped while this started it: a non-daemon child would block the exit
             proc.kill()

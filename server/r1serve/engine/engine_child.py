@@ -1,0 +1,59 @@
+"""Starting the engine process, with nothing heavier imported than `multiprocessing`.
+
+`r1serve serve` starts the child first thing (`engine_process=true`): it imports torch and loads the
+model while the API process imports its own web stack and torch, instead of after (on an H200 the
+engine process made the 1.5B shape ready 4.5 s later than the in-process thread, most of it the two
+processes importing one after the other). `EngineProcess.launch` adopts the child, or starts one here.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.util import Finalize
+
+from r1serve.config import Settings
+
+
+@dataclass
+class EngineChild:
+    """A started engine process and the API process's end of its pipe."""
+
+    proc: mp.process.BaseProcess
+    conn: Connection
+
+    def kill(self) -> None:
+        if self.proc.exitcode is None:
+            self.proc.kill()
+            self.proc.join()
+
+
+def start_engine_child(settings: Settings) -> EngineChild:
+    ctx = mp.get_context("spawn")
+    conn, child_conn = ctx.Pipe()
+    # Not a daemon: daemonic processes may not have children, and rank 0 starts the
+    # tensor-parallel workers. The child's lifeline ends it with this process instead.
+    proc = ctx.Process(
+        target=_main,
+        args=(settings, child_conn, logging.getLogger().level),
+        name="r1serve-engine",
+        daemon=False,
+    )
+    proc.start()
+    child_conn.close()  # the child holds the only other end: EOF here means it is gone
+    child = EngineChild(proc, conn)
+    # multiprocessing's exit hook join()s a non-daemon child, which waits for this process to exit:
+    # a deadlock whenever this process exits without stopping it (a forced second Ctrl-C, a start-up
+    # error before the server adopted it). Finalizers of priority >= 0 run before that join; after a
+    # clean stop this one finds the child gone.
+    Finalize(None, child.kill, exitpriority=10)
+    return child
+
+
+def _main(settings: Settings, conn: Connection, log_level: int) -> None:
+    """The child's entry point: the heavy imports happen here, in the child."""
+    from r1serve.engine.engine_process import engine_main
+
+    engine_main(settings, conn, log_level)
