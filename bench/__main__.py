@@ -6,7 +6,6 @@ PYTHONPATH=server:scripts:. python3 -m bench --shape 1.5b --out /tmp/bench
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import json
 import logging
@@ -168,10 +167,8 @@ def main() -> None:
                 levels = []
                 for c in (int(x) for x in args.levels.split(",")):
                     t0 = time.perf_counter()
-                    res, wall = asyncio.run(
-                        online.run_level(server.base_url, "bench", c, max(2 * c, 16), 200, 128)
-                    )
-                    levels.append(online.summarise(c, res, wall))
+                    run = online.run_level(server.base_url, "bench", c, max(2 * c, 16), 200, 128)
+                    levels.append(online.summarise(c, run))
                     console.print(f"  concurrency {c}: {time.perf_counter() - t0:.0f} s")
                 result["online"] = levels
                 table("online: streaming chat, ~200-word prompts, 128 output tokens", levels)

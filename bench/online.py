@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import random
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 from r1ops.processes import ServerProcess
+
+STREAMS_PER_CLIENT = 32  # streams one client process drives
+MAX_CLIENT_PROCESSES = 8
+CLIENT_START_S = 3.0  # spawned client processes import httpx and wait for a common start
 
 WORDS = [
     "the",
@@ -101,11 +107,55 @@ async def one_request(client: httpx.AsyncClient, model: str, text: str, max_toke
     return timing
 
 
-async def run_level(
+@dataclass
+class LevelRun:
+    """One concurrency level's requests, its wall time, and the client's own CPU time."""
+
+    results: list[RequestTiming]
+    wall: float
+    client_cpu: float
+
+
+def run_level(
     base_url: str, model: str, concurrency: int, requests: int, words: int, max_tokens: int
-) -> tuple[list[RequestTiming], float]:
+) -> LevelRun:
+    """`requests` streaming chats, `concurrency` at a time, from as many client processes as it takes
+    for the client not to be what is measured: one Python process parsing every stream's chunks
+    spent ~130 µs of CPU a token, twice the server's own cost (`python -m bench.api_overhead`), so
+    one process tops out at a few thousand tokens a second."""
     rng = random.Random(concurrency)
     texts = [prompt(rng, words) for _ in range(requests)]
+    clients = min(MAX_CLIENT_PROCESSES, -(-concurrency // STREAMS_PER_CLIENT))
+    start_at = time.time() + (CLIENT_START_S if clients > 1 else 0.0)  # every process set up by then
+    parts = [
+        (base_url, model, len(range(i, concurrency, clients)), texts[i::clients], max_tokens, start_at)
+        for i in range(clients)
+    ]
+    if clients == 1:
+        done = [_run_part(*parts[0])]
+    else:
+        with ProcessPoolExecutor(clients, mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = list(pool.map(_run_part, *zip(*parts, strict=True)))
+    return LevelRun(
+        [r for part in done for r in part[0]],
+        max(end for _, end, _ in done) - start_at,
+        sum(cpu for _, _, cpu in done),
+    )
+
+
+def _run_part(
+    base_url: str, model: str, concurrency: int, texts: list[str], max_tokens: int, start_at: float
+) -> tuple[list[RequestTiming], float, float]:
+    """One client process's share: its timings, when it finished (time.time()) and its CPU seconds."""
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu = time.process_time()
+    results = asyncio.run(_requests(base_url, model, concurrency, texts, max_tokens))
+    return results, time.time(), time.process_time() - cpu
+
+
+async def _requests(
+    base_url: str, model: str, concurrency: int, texts: list[str], max_tokens: int
+) -> list[RequestTiming]:
     queue: asyncio.Queue[str] = asyncio.Queue()
     for t in texts:
         queue.put_nowait(t)
@@ -117,10 +167,8 @@ async def run_level(
             while not queue.empty():
                 results.append(await one_request(client, model, queue.get_nowait(), max_tokens))
 
-        start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - start
-    return results, wall
+    return results
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -130,7 +178,8 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def summarise(concurrency: int, results: list[RequestTiming], wall: float) -> dict:
+def summarise(concurrency: int, run: LevelRun) -> dict:
+    results, wall = run.results, run.wall
     ok = [r for r in results if r.error is None]
     itls = [x for r in ok for x in r.itls]
     return {
@@ -145,6 +194,7 @@ def summarise(concurrency: int, results: list[RequestTiming], wall: float) -> di
         "e2e_p99_s": percentile([r.e2e for r in ok], 0.99),
         "output_tok_s": sum(r.output_tokens for r in ok) / wall,
         "error_kinds": ",".join(sorted({r.error for r in results if r.error})),
+        "client_cores": run.client_cpu / wall,  # near its process count: the client was the bottleneck
     }
 
 

@@ -57,9 +57,9 @@ class Settings(BaseSettings):
     )
     # The engine thread and the event loop (HTTP, SSE, detokenising for every stream) share one GIL in
     # one process, and each engine step waits for HTTP work; in a process of its own it does not. On
-    # an H200 that paid up to 64 streams (1.6x the tokens) and cost beyond, where the one API process
-    # cannot keep up (docs/PERFORMANCE.md): off by default, on in the GPU pods (components/gpu), which
-    # take at most 64 sequences each.
+    # an H200 that paid up to 64 streams (1.6x the tokens) and measured worse beyond, where the host
+    # could not keep up (docs/PERFORMANCE.md): off by default, on in the GPU pods (components/gpu),
+    # which take at most 64 sequences each.
     engine_process: bool = Field(
         False, description="run the engine (model, scheduler, sampler) in its own process (false: a thread)"
     )

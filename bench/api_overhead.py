@@ -1,0 +1,141 @@
+"""python -m bench.api_overhead: what the API process costs per streamed token, measured without a GPU.
+
+Beyond 64 streams the engine process makes tokens faster than the one API process can detokenise,
+serialise and stream them (docs/PERFORMANCE.md). This measures that side alone: the real server
+(`engine_process=true`, uvicorn, the routes, the tiny model's tokenizer and chat template) in a process
+of its own, whose engine process runs the real scheduler and sampler over a stand-in runner that
+returns random logits after `--step-ms` (a GPU step's time; 0: as fast as the host allows). The
+figure that does not depend on what else the machine runs is the API process's CPU time per
+streamed token (psutil); tok/s is printed beside it.
+
+    .venv/bin/python -m bench.api_overhead [--streams 64] [--requests 256] [--tokens 128] [--step-ms 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing as mp
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import psutil
+import torch
+from r1ops.processes import ServerProcess, free_port
+from rich.console import Console
+from rich.table import Table
+
+from bench import online
+
+console = Console(width=200)
+
+
+class SleepingRunner:
+    """Stands in for ModelRunner in the engine process: sleeps a step's GPU time, returns random logits."""
+
+    def __init__(self, vocab: int, step_s: float, max_model_len: int) -> None:
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.block_size, self.num_blocks, self.max_model_len = 16, 8192, max_model_len
+        self.logits = torch.randn(512, vocab, generator=torch.Generator().manual_seed(0))
+        self.step_s = step_s
+
+    def run(self, batch: list) -> torch.Tensor:
+        if self.step_s:
+            time.sleep(self.step_s)
+        return self.logits[: len(batch)]
+
+    def on_failure(self, callback: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def stand_in_engine(settings: object, conn: Connection, log_level: int, step_s: float) -> None:
+    """The engine process's entry point with the stand-in runner in place of the model."""
+    from r1serve.checkpoint import load_config
+    from r1serve.engine import engine_process
+    from r1serve.engine.llm_engine import LLMEngine
+
+    def build(s: object) -> tuple[SleepingRunner, LLMEngine]:
+        runner = SleepingRunner(load_config(s.model).vocab_size, step_s, s.max_model_len or 4096)
+        return runner, LLMEngine(runner, max_num_seqs=s.max_num_seqs, max_num_batched_tokens=8192)
+
+    engine_process.build_engine = build
+    engine_process.engine_main(settings, conn, log_level)
+
+
+def serve(model: Path, port: int, streams: int, step_s: float) -> None:
+    """The API process: `r1serve serve` with the stand-in engine child."""
+    import uvicorn
+    from r1serve.api.app import create_app
+    from r1serve.config import Settings
+    from r1serve.engine.engine_child import EngineChild
+
+    logging.basicConfig(level=logging.WARNING)
+    settings = Settings(
+        model=model, engine_process=True, max_num_seqs=streams, device="cpu", served_model_name="bench"
+    )
+    ctx = mp.get_context("spawn")
+    conn, child_conn = ctx.Pipe()
+    proc = ctx.Process(target=stand_in_engine, args=(settings, child_conn, logging.WARNING, step_s))
+    proc.start()
+    child_conn.close()
+    app = create_app(settings, lambda message: sys.exit(message), EngineChild(proc, conn))
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.api_overhead")
+    ap.add_argument("--streams", type=int, default=64)
+    ap.add_argument("--requests", type=int, default=256)
+    ap.add_argument("--tokens", type=int, default=128, help="output tokens per request")
+    ap.add_argument("--step-ms", type=float, default=2.0, help="the stand-in GPU step time")
+    ap.add_argument("--serve", nargs=2, metavar=("MODEL", "PORT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        serve(Path(args.serve[0]), int(args.serve[1]), args.streams, args.step_ms / 1e3)
+        return
+
+    from r1serve.tiny_model import write_tiny_model
+
+    model = write_tiny_model(Path(tempfile.mkdtemp(prefix="api-overhead-")))
+    port = free_port()
+    cmd = [sys.executable, "-m", "bench.api_overhead", "--serve", str(model), str(port)]
+    cmd += ["--streams", str(args.streams), "--step-ms", str(args.step_ms)]
+    with open(model / "server.log", "wb") as log:
+        server = ServerProcess(model, port=port, proc=subprocess.Popen(cmd, stdout=log, stderr=log))
+    try:
+        server.wait_ready(120)
+        api = psutil.Process(server.proc.pid)
+        procs = {"API": api, "engine": api.children()[-1]}
+        before = {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}
+        run = online.run_level(server.base_url, "bench", args.streams, args.requests, 200, args.tokens)
+        used = {name: sum(p.cpu_times()[:2]) - before[name] for name, p in procs.items()}
+        used["client"] = run.client_cpu
+        cpu = used["API"]
+    finally:
+        server.stop()
+    row = online.summarise(args.streams, run)
+    tokens = row["output_tok_s"] * run.wall
+    table = Table(title=f"API process, {args.streams} streams, stand-in step {args.step_ms} ms")
+    columns = ("output tok/s", "API CPU µs / token", "CPU share: API / engine / client", "ITL P50 ms")
+    for key in (*columns, "ITL P99 ms", "errors"):
+        table.add_column(key, justify="right")
+    table.add_row(
+        f"{row['output_tok_s']:,.0f}",
+        f"{1e6 * cpu / max(tokens, 1):,.1f}",
+        " / ".join(f"{used[name] / run.wall:.0%}" for name in ("API", "engine", "client")),
+        f"{row['itl_p50_ms']:.2f}",
+        f"{row['itl_p99_ms']:.2f}",
+        str(row["errors"]),
+    )
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

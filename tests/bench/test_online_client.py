@@ -1,0 +1,17 @@
+"""bench/online.py's client, which `python -m bench` measures the server with: split over processes
+so that it is not itself the bottleneck, it must still send every request once and count every token."""
+
+from __future__ import annotations
+
+from bench import online
+
+
+def test_a_level_split_over_client_processes_sends_every_request_once(start_server) -> None:
+    server = start_server(served_model_name="bench", max_num_seqs=48)
+    concurrency = online.STREAMS_PER_CLIENT + 8  # two client processes: 20 streams each
+    run = online.run_level(server.base_url, "bench", concurrency, 2 * concurrency, 20, 6)
+    assert len(run.results) == 2 * concurrency
+    assert all(r.error is None and r.output_tokens == 6 and r.ttft > 0 for r in run.results)
+    assert all(len(r.itls) <= 5 for r in run.results)  # a gap per chunk after the first; tokens may merge
+    row = online.summarise(concurrency, run)
+    assert row["errors"] == 0 and row["output_tok_s"] > 0 and row["client_cores"] > 0
