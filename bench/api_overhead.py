@@ -69,7 +69,7 @@ def stand_in_engine(settings: object, conn: Connection, log_level: int, step_s: 
     engine_process.engine_main(settings, conn, log_level)
 
 
-def serve(model: Path, port: int, streams: int, step_s: float) -> None:
+def serve(model: Path, port: int, streams: int, step_s: float, http: str, loop: str) -> None:
     """The API process: `r1serve serve` with the stand-in engine child."""
     import uvicorn
     from r1serve.api.app import create_app
@@ -86,7 +86,9 @@ def serve(model: Path, port: int, streams: int, step_s: float) -> None:
     proc.start()
     child_conn.close()
     app = create_app(settings, lambda message: sys.exit(message), EngineChild(proc, conn))
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, log_level="warning", http=http, loop=loop, proxy_headers=False
+    )
 
 
 def main() -> None:
@@ -95,10 +97,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=256)
     ap.add_argument("--tokens", type=int, default=128, help="output tokens per request")
     ap.add_argument("--step-ms", type=float, default=2.0, help="the stand-in GPU step time")
+    ap.add_argument("--http", default="auto", help="uvicorn's HTTP implementation: auto, h11, httptools")
+    ap.add_argument("--loop", default="auto", help="uvicorn's event loop: auto, asyncio, uvloop")
     ap.add_argument("--serve", nargs=2, metavar=("MODEL", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        serve(Path(args.serve[0]), int(args.serve[1]), args.streams, args.step_ms / 1e3)
+        serve(Path(args.serve[0]), int(args.serve[1]), args.streams, args.step_ms / 1e3, args.http, args.loop)
         return
 
     from r1serve.tiny_model import write_tiny_model
@@ -106,7 +110,16 @@ def main() -> None:
     model = write_tiny_model(Path(tempfile.mkdtemp(prefix="api-overhead-")))
     port = free_port()
     cmd = [sys.executable, "-m", "bench.api_overhead", "--serve", str(model), str(port)]
-    cmd += ["--streams", str(args.streams), "--step-ms", str(args.step_ms)]
+    cmd += [
+        "--streams",
+        str(args.streams),
+        "--step-ms",
+        str(args.step_ms),
+        "--http",
+        args.http,
+        "--loop",
+        args.loop,
+    ]
     with open(model / "server.log", "wb") as log:
         server = ServerProcess(model, port=port, proc=subprocess.Popen(cmd, stdout=log, stderr=log))
     try:
@@ -122,7 +135,10 @@ def main() -> None:
         server.stop()
     row = online.summarise(args.streams, run)
     tokens = row["output_tok_s"] * run.wall
-    table = Table(title=f"API process, {args.streams} streams, stand-in step {args.step_ms} ms")
+    table = Table(
+        title=f"API process ({args.http} HTTP, {args.loop} loop), {args.streams} streams, "
+        f"stand-in step {args.step_ms} ms"
+    )
     columns = ("output tok/s", "API CPU µs / token", "CPU share: API / engine / client", "ITL P50 ms")
     for key in (*columns, "ITL P99 ms", "errors"):
         table.add_column(key, justify="right")
