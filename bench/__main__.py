@@ -16,7 +16,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from bench import engine_cases, hardware, online, peer, shapes
+from bench import engine_cases, hardware, online, peer, plot, shapes
 
 CASES = ("peer", "decode", "offline", "coldstart", "online")
 console = Console(width=200)  # logs of device runs keep every digit (a narrow table truncates them)
@@ -34,28 +34,6 @@ def table(title: str, rows: list[dict]) -> None:
     for row in rows:
         t.add_row(*(f"{v:,.2f}" if isinstance(v, float) else str(v) for v in row.values()))
     console.print(t)
-
-
-def plot(levels: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    conc = [r["concurrency"] for r in levels]
-    fig, ax1 = plt.subplots(figsize=(7, 4))
-    ax1.plot(conc, [r["output_tok_s"] for r in levels], "o-", color="tab:blue")
-    ax1.set_xscale("log", base=2)
-    ax1.set_xlabel("concurrent streaming requests")
-    ax1.set_ylabel("output tokens/s", color="tab:blue")
-    ax2 = ax1.twinx()
-    ax2.plot(conc, [r["e2e_p99_s"] for r in levels], "s--", color="tab:red", label="E2E P99")
-    ax2.plot(conc, [r["ttft_p99_ms"] / 1e3 for r in levels], "^:", color="tab:orange", label="TTFT P99")
-    ax2.set_ylabel("P99 latency (s)", color="tab:red")
-    ax2.legend(loc="upper left")
-    ax1.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
@@ -172,8 +150,8 @@ def main() -> None:
                     console.print(f"  concurrency {c}: {time.perf_counter() - t0:.0f} s")
                 result["online"] = levels
                 table("online: streaming chat, ~200-word prompts, 128 output tokens", levels)
-                plot(
-                    levels,
+                plot.plot_runs(
+                    {"r1serve": levels},
                     args.out / f"online-{args.shape}.png",
                     f"r1serve, {args.shape} shape, {result['hardware']['card']}",
                 )
