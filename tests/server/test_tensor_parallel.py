@@ -255,6 +255,55 @@ def test_a_worker_dying_while_serving_fails_every_later_step(tiny_model_dir: Pat
     assert multiprocessing.active_children() == []
 
 
+def test_an_abort_that_never_returns_blocks_neither_the_failure_nor_close(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """NCCL's abort can hang (pytorch#115388, seen on two H200s); gloo's cannot, so on the CPU a stand-in
+    abort that blocks until released takes its place. The death is still reported, later steps still
+    fail at once, `close` waits for the abort only ABORT_SECONDS and runs no second one, and the worker
+    processes still end."""
+    import r1serve.tp_worker as tp_worker
+
+    release, aborts = threading.Event(), []
+    real_destroy = tp_worker.destroy_process_group
+
+    def hanging_abort(abort: bool = False) -> None:
+        aborts.append(abort)
+        if abort:
+            release.wait(60)
+        real_destroy()
+
+    monkeypatch.setattr(tp_worker, "destroy_process_group", hanging_abort)
+    monkeypatch.setattr(tp_worker, "ABORT_SECONDS", 0.5)
+    runner = ModelRunner(tiny_model_dir, tensor_parallel_size=2, **CPU)
+    workers = runner._workers
+    workers._abort_on_failure = True  # as on CUDA
+    failures: list[str] = []
+    runner.on_failure(failures.append)
+    step = [ScheduledSeq([5, 6, 7], 0, [0])]
+    try:
+        runner.run(step)
+        (worker,) = multiprocessing.active_children()
+        worker.kill()
+        worker.join()
+        with pytest.raises(TensorParallelError, match="rank 1 died"):
+            runner.run(step)
+        deadline = time.monotonic() + 10  # the monitor thread may be the one reporting: a bound, not a timing
+        while not failures and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert failures and "rank 1 died" in failures[0]  # reported while the abort still hangs
+        runner.close()
+        assert aborts == [True]  # close ran no second abort
+        assert "NCCL abort after the failure has not returned" in caplog.text
+        assert multiprocessing.active_children() == []
+    finally:
+        release.set()  # the stand-in abort ends, leaving the gloo group, so later tests can form theirs
+        runner.close()
+        if workers._abort is not None:
+            workers._abort.join(30)
+        assert not torch.distributed.is_initialized()
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
