@@ -234,21 +234,30 @@ def test_a_worker_dying_at_start_up_is_reported(tiny_model_dir: Path, settings: 
     assert multiprocessing.active_children() == []
 
 
+STEP = [ScheduledSeq([5, 6, 7], 0, [0])]
+
+
+def serve_then_kill_the_worker(runner: ModelRunner) -> list[str]:
+    """One step on both ranks, then rank 1's process killed (no clean-up of its own runs); returns the
+    list the runner's `on_failure` reports into."""
+    failures: list[str] = []
+    runner.on_failure(failures.append)
+    runner.run(STEP)
+    (worker,) = multiprocessing.active_children()
+    worker.kill()
+    worker.join()
+    return failures
+
+
 @pytest.mark.parametrize("settings", FAILURE_SETTINGS, ids=lambda s: s["device"])
 @pytest.mark.timeout(120, method="thread")  # its CUDA case once hung inside NCCL, beyond any signal
 def test_a_worker_dying_while_serving_fails_every_later_step(tiny_model_dir: Path, settings: dict) -> None:
     runner = ModelRunner(tiny_model_dir, tensor_parallel_size=2, **settings)
-    failures: list[str] = []
-    runner.on_failure(failures.append)
-    step = [ScheduledSeq([5, 6, 7], 0, [0])]
     try:
-        runner.run(step)
-        (worker,) = multiprocessing.active_children()
-        worker.kill()
-        worker.join()
+        failures = serve_then_kill_the_worker(runner)
         for _ in range(2):
             with pytest.raises(TensorParallelError, match="rank 1 died: exited with signal 9"):
-                runner.run(step)
+                runner.run(STEP)
     finally:
         runner.close()
     assert failures and "rank 1 died" in failures[0]
@@ -278,16 +287,10 @@ def test_an_abort_that_never_returns_blocks_neither_the_failure_nor_close(
     runner = ModelRunner(tiny_model_dir, tensor_parallel_size=2, **CPU)
     workers = runner._workers
     workers._abort_on_failure = True  # as on CUDA
-    failures: list[str] = []
-    runner.on_failure(failures.append)
-    step = [ScheduledSeq([5, 6, 7], 0, [0])]
     try:
-        runner.run(step)
-        (worker,) = multiprocessing.active_children()
-        worker.kill()
-        worker.join()
+        failures = serve_then_kill_the_worker(runner)
         with pytest.raises(TensorParallelError, match="rank 1 died"):
-            runner.run(step)
+            runner.run(STEP)
         deadline = time.monotonic() + 10  # the monitor thread may be the one reporting: a bound, not a timing
         while not failures and time.monotonic() < deadline:
             time.sleep(0.01)
