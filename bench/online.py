@@ -16,7 +16,6 @@ from r1ops.processes import ServerProcess
 
 STREAMS_PER_CLIENT = 32  # streams one client process drives
 MAX_CLIENT_PROCESSES = 8
-CLIENT_START_S = 3.0  # spawned client processes import httpx and wait for a common start
 
 WORDS = [
     "the",
@@ -121,21 +120,27 @@ def run_level(
 ) -> LevelRun:
     """`requests` streaming chats, `concurrency` at a time, from as many client processes as it takes
     for the client not to be what is measured: one Python process parsing every stream's chunks
-    spent ~130 µs of CPU a token, twice the server's own cost (`python -m bench.api_overhead`), so
-    one process tops out at a few thousand tokens a second."""
+    spent ~110-130 µs of CPU a token on this project's CPU machine, twice the server's API process
+    (`python -m bench.api_overhead`), so one process tops out at several thousand tokens a second."""
     rng = random.Random(concurrency)
     texts = [prompt(rng, words) for _ in range(requests)]
     clients = min(MAX_CLIENT_PROCESSES, -(-concurrency // STREAMS_PER_CLIENT))
-    start_at = time.time() + (CLIENT_START_S if clients > 1 else 0.0)  # every process set up by then
-    parts = [
-        (base_url, model, len(range(i, concurrency, clients)), texts[i::clients], max_tokens, start_at)
-        for i in range(clients)
-    ]
+
+    def parts(start_at: float) -> list[tuple]:
+        return [
+            (base_url, model, len(range(i, concurrency, clients)), texts[i::clients], max_tokens, start_at)
+            for i in range(clients)
+        ]
+
     if clients == 1:
-        done = [_run_part(*parts[0])]
+        start_at = time.time()
+        done = [_run_part(*parts(start_at)[0])]
     else:
         with ProcessPoolExecutor(clients, mp_context=multiprocessing.get_context("spawn")) as pool:
-            done = list(pool.map(_run_part, *zip(*parts, strict=True)))
+            # every client process started (a spawned one imports for seconds) before the clock starts
+            list(pool.map(time.sleep, [0.2] * clients))
+            start_at = time.time() + 0.2  # then all begin together
+            done = list(pool.map(_run_part, *zip(*parts(start_at), strict=True)))
     return LevelRun(
         [r for part in done for r in part[0]],
         max(end for _, end, _ in done) - start_at,
