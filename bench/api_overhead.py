@@ -14,8 +14,8 @@ streamed token (psutil); tok/s is printed beside it.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
-import multiprocessing as mp
 import subprocess
 import sys
 import tempfile
@@ -74,18 +74,14 @@ def serve(model: Path, port: int, streams: int, step_s: float, http: str, loop: 
     import uvicorn
     from r1serve.api.app import create_app
     from r1serve.config import Settings
-    from r1serve.engine.engine_child import EngineChild
+    from r1serve.engine.engine_child import start_engine_child
 
     logging.basicConfig(level=logging.WARNING)
     settings = Settings(
         model=model, engine_process=True, max_num_seqs=streams, device="cpu", served_model_name="bench"
     )
-    ctx = mp.get_context("spawn")
-    conn, child_conn = ctx.Pipe()
-    proc = ctx.Process(target=stand_in_engine, args=(settings, child_conn, logging.WARNING, step_s))
-    proc.start()
-    child_conn.close()
-    app = create_app(settings, lambda message: sys.exit(message), EngineChild(proc, conn))
+    child = start_engine_child(settings, functools.partial(stand_in_engine, step_s=step_s))
+    app = create_app(settings, lambda message: sys.exit(message), child)
     uvicorn.run(
         app, host="127.0.0.1", port=port, log_level="warning", http=http, loop=loop, proxy_headers=False
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.util import Finalize
@@ -25,18 +26,27 @@ class EngineChild:
     conn: Connection
 
     def kill(self) -> None:
-        if self.proc.exitcode is None:
-            self.proc.kill()
-            self.proc.join()
+        kill_if_alive(self.proc)
 
 
-def start_engine_child(settings: Settings) -> EngineChild:
+def kill_if_alive(proc: mp.process.BaseProcess) -> None:
+    if proc.exitcode is None:
+        proc.kill()
+        proc.join()
+
+
+EngineEntry = Callable[[Settings, Connection, int], None]
+
+
+def start_engine_child(settings: Settings, entry: EngineEntry | None = None) -> EngineChild:
+    """`entry(settings, conn, log_level)` runs in the child: the engine (`engine_main`) unless a
+    benchmark puts a stand-in there (a picklable, module-level callable)."""
     ctx = mp.get_context("spawn")
     conn, child_conn = ctx.Pipe()
     # Not a daemon: daemonic processes may not have children, and rank 0 starts the
     # tensor-parallel workers. The child's lifeline ends it with this process instead.
     proc = ctx.Process(
-        target=_main,
+        target=entry or _main,
         args=(settings, child_conn, logging.getLogger().level),
         name="r1serve-engine",
         daemon=False,

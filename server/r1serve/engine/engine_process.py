@@ -41,7 +41,7 @@ from r1serve.checkpoint import GenerationDefaults
 from r1serve.config import Settings
 from r1serve.engine.async_engine import EngineClient, FailureHook, StepHook
 from r1serve.engine.core import Command, EngineCore, EngineStats, Event
-from r1serve.engine.engine_child import EngineChild, start_engine_child
+from r1serve.engine.engine_child import EngineChild, kill_if_alive, start_engine_child
 from r1serve.engine.loader import EngineStartError, build_engine
 from r1serve.tokenizer import Tokenizer
 from r1serve.tp_worker import exit_description, start_lifeline
@@ -179,7 +179,7 @@ class EngineProcess(EngineClient):
         if proc.exitcode is None:
             if self._ready:
                 log.warning("the engine process did not exit; killing it")
-            _kill_if_alive(proc)
+            kill_if_alive(proc)
         for thread in (self._writer, self._reader):
             if thread is not None:
                 thread.join(5.0)
@@ -190,13 +190,7 @@ class EngineProcess(EngineClient):
         """At this process's exit, a child never stopped is killed (see `launch`)."""
         self._stopping = True  # the reader must not report the kill as an engine failure
         if self.proc is not None:
-            _kill_if_alive(self.proc)
-
-
-def _kill_if_alive(proc: mp.process.BaseProcess) -> None:
-    if proc.exitcode is None:
-        proc.kill()
-        proc.join()
+            kill_if_alive(self.proc)
 
 
 def model_info(settings: Settings, sizes: EngineSizes) -> ModelInfo:
