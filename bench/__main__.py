@@ -125,10 +125,22 @@ def main() -> None:
                         logs, weight_bytes, kv_tok, copy_bw
                     ),
                     "steps": len(logs),
+                    "decode_steps": len(engine_cases.decode_steps(logs)),
+                    # where the time goes, decode-only steps and steps with a prompt chunk apart
+                    "decode_step_phase_ms": engine_cases.phase_ms(engine_cases.decode_steps(logs)),
+                    "mixed_step_phase_ms": engine_cases.phase_ms([s for s in logs if s.tokens != s.batch]),
                 }
                 if "peer" in result:
                     result["offline"]["x_peer_b256"] = out / wall / result["peer"]["b256_512in_256out_tok_s"]
-                table("offline: 256 requests, lengths uniform in 100-1024", [result["offline"]])
+                off = result["offline"]
+                table(
+                    "offline: 256 requests, lengths uniform in 100-1024",
+                    [{k: v for k, v in off.items() if not isinstance(v, dict)}],
+                )
+                table(
+                    "offline: host ms per step by engine phase (sync = waiting for the GPU)",
+                    [{"steps": kind, **off[f"{kind}_step_phase_ms"]} for kind in ("decode", "mixed")],
+                )
                 save()
         finally:
             engine.runner.close()  # tensor parallel: the workers hold the other GPUs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ class StepLog:
     batch: int
     tokens: int
     context_tokens: int  # KV tokens the step's attention read
+    phases: dict[str, float]  # LLMEngine.last_step_times: host seconds by phase ("sync": waiting for the GPU)
 
 
 def build_engine(
@@ -66,7 +67,8 @@ def run_requests(
             results = engine.step()  # ends with the sampler's .tolist(): a device sync
             dt = time.perf_counter() - t0
             ctx = sum(len(s) for s in running)
-            logs.append(StepLog(dt, engine.last_batch_size, engine.last_batch_tokens, ctx))
+            phases = asdict(engine.last_step_times)
+            logs.append(StepLog(dt, engine.last_batch_size, engine.last_batch_tokens, ctx, phases))
             bar.advance(task, sum(1 for r in results if r.token_id is not None))
     wall = time.perf_counter() - start
     assert all(s.num_output_tokens == o for s, (_, o) in zip(seqs, requests, strict=True))
@@ -75,6 +77,15 @@ def run_requests(
 
 def decode_steps(logs: list[StepLog]) -> list[StepLog]:
     return [s for s in logs if s.tokens == s.batch]
+
+
+def phase_ms(steps: list[StepLog]) -> dict[str, float]:
+    """Mean host milliseconds per step by engine phase: where a step's time goes. On a GPU "sync" is the
+    wait for the sampled tokens, i.e. GPU time the host did not overlap; the rest is host work the GPU
+    may sit idle through."""
+    if not steps:
+        return {}
+    return {k: 1e3 * sum(s.phases[k] for s in steps) / len(steps) for k in steps[0].phases}
 
 
 def bandwidth_utilisation(
