@@ -5,7 +5,7 @@ It drives the real LLMEngine (scheduler, block manager, sampler, sequences) over
 ignored, max_num_seqs 256, max_num_batched_tokens as there) with a stand-in runner that returns random
 logits at once. That isolates the host cost; the GPU cost is what `python -m bench` measures on the GPU
 machine. It also times the host preparation that ModelRunner does before the GPU can start:
-`ModelRunner._metadata` for a mixed step of the run (on the tiny model: its cost depends on
+`ModelRunner._pack` for a mixed step of the run (on the tiny model: its cost depends on
 the batch, not the weights) and `stage_decode_inputs`, the host half of a CUDA-graph decode step, at
 batch 256.
 
@@ -28,7 +28,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
-from r1serve.cuda_graphs import stage_decode_inputs
+from r1serve.cuda_graphs import MIXED_GRAPH_TOKENS, stage_decode_inputs, stage_mixed_inputs
 from r1serve.engine.llm_engine import LLMEngine, StepTimes
 from r1serve.model_runner import ModelRunner, ScheduledSeq
 from rich.console import Console
@@ -114,7 +114,7 @@ def run_offline(vocab: int, profile: int) -> tuple[LLMEngine, list[StepTimes], f
 
 
 def runner_prep(runner: InstantRunner) -> list[tuple[str, list[float]]]:
-    """Host seconds of ModelRunner._metadata on a mixed step and of the graph staging."""
+    """Host seconds of ModelRunner._pack on a mixed step and of the graph staging."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         from r1serve.tiny_model import write_tiny_model
@@ -130,8 +130,18 @@ def runner_prep(runner: InstantRunner) -> list[tuple[str, list[float]]]:
         for s in runner.mixed
     ]
     tokens = sum(len(s.token_ids) for s in mixed)
-    label = f"ModelRunner._metadata, mixed step ({len(mixed)} seqs, {tokens} tokens)"
-    rows.append((label, repeat(lambda: model._metadata(mixed), 50)))
+    label = f"ModelRunner._pack, mixed step ({len(mixed)} seqs, {tokens} tokens)"
+    rows.append((label, repeat(lambda: model._pack(mixed), 50)))
+    small = mixed[: MIXED_GRAPH_TOKENS[-1] // 8]  # a mixed step that fits the largest graph
+    step = model._pack([ScheduledSeq(s.token_ids[:8], s.start_pos, s.block_table) for s in small])
+    mixed_host = torch.zeros(len(mixed) * 8 + MAX_NUM_SEQS * (5 + step.tables.shape[1]), dtype=torch.int64)
+    size = next(t for t in MIXED_GRAPH_TOKENS if t >= step.num_tokens)
+    rows.append((
+        f"MixedGraphs staging (stage_mixed_inputs), {step.count} seqs, {step.num_tokens} tokens",
+        repeat(lambda: stage_mixed_inputs(
+            mixed_host.numpy(), step, size=size, max_seqs=MAX_NUM_SEQS, scratch_slot=0
+        ), 200),
+    ))  # fmt: skip
 
     decode = runner.decode
     width = -(-engine_cases.MAX_MODEL_LEN // BLOCK_SIZE)

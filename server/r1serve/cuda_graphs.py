@@ -1,10 +1,18 @@
-"""CUDA graphs of the decode step, captured at start-up for a ladder of batch sizes.
+"""CUDA graphs of the model, captured at start-up: decode steps for a ladder of batch sizes, and
+mixed steps (prompt chunks beside decodes) for a ladder of token counts.
 
-A decode step of a small model is dozens of tiny kernels per layer; launched one by one from Python
-the GPU idles between them (the transformers baseline spends ~79 ms a token that way). Replaying a
-captured graph launches them all at once. A graph replays fixed addresses, so every input lives in a
-static buffer that `run` fills; a batch is padded up to the next captured size, and the padding rows
-write their K/V into a scratch block that no sequence owns.
+A step of a small model is dozens of tiny kernels per layer; launched one by one from Python the GPU
+idles between them (the transformers baseline spends ~79 ms a token that way). Replaying a captured
+graph launches them all at once. A graph replays fixed addresses, so every input lives in a static
+buffer that `run` fills; a step is padded up to the next captured size, and the padding rows write
+their K/V into a scratch block that no sequence owns.
+
+- `DecodeGraphs` (one token per sequence) capture the whole step, LM head included, with attention
+  in its decode form.
+- `MixedGraphs` capture the decoder body for a number of tokens, with attention in its varlen form,
+  whose grid covers any split of those tokens into up to `max_seqs` sequences (padding sequences are
+  empty); the LM head then runs on the sequences' last tokens alone. Above the largest size a step
+  runs eagerly: its GPU time then exceeds the launches' host time anyway.
 """
 
 from __future__ import annotations
@@ -16,6 +24,9 @@ import torch
 from rich.progress import Progress
 
 from r1serve.model.attention import AttentionMetadata
+from r1serve.packed_step import PackedStep
+
+MIXED_GRAPH_TOKENS = (16, 32, 64, 128, 192, 256, 384, 512, 640, 768, 896, 1024)
 
 
 def batch_sizes(max_batch: int) -> list[int]:
@@ -25,7 +36,72 @@ def batch_sizes(max_batch: int) -> list[int]:
     return sizes or [1]
 
 
-class DecodeGraphs:
+class HostStaging:
+    """One pinned host buffer per graph family: a step's inputs are written into it as one block and
+    copied to the device with one copy. Writing waits for the previous copy to have been done: a
+    step that samples nothing (a prompt chunk short of its end) has no host sync of its own."""
+
+    def __init__(self, numel: int, device: torch.device) -> None:
+        self.device = device
+        self._host = torch.zeros(numel, dtype=torch.int64).pin_memory()
+        self._copied = torch.cuda.Event()
+
+    def array(self) -> np.ndarray:
+        """The buffer, free to write (the previous copy has been done)."""
+        self._copied.synchronize()
+        return self._host.numpy()
+
+    def upload(self, n: int) -> torch.Tensor:
+        staged = self._host[:n].to(self.device, non_blocking=True)
+        self._copied.record()
+        return staged
+
+
+class CapturedGraphs:
+    """Graphs of one forward function for a ladder of sizes, sharing one memory pool."""
+
+    graphs: dict[int, torch.cuda.CUDAGraph]
+    outputs: dict[int, torch.Tensor]
+
+    def _capture(
+        self,
+        forward: Callable[..., torch.Tensor],
+        args_by_size: dict[int, tuple],
+        device: torch.device,
+        label: str,
+        progress: bool,
+    ) -> None:
+        self.graphs, self.outputs = {}, {}
+        pool = None
+        with Progress(disable=not progress, transient=True) as bar:
+            task = bar.add_task(label, total=len(args_by_size))
+            # largest first, so the smaller ones reuse its memory pool
+            for size in sorted(args_by_size, reverse=True):
+                args = args_by_size[size]
+                forward(*args)  # warm-up outside the graph: lazy init, Triton compilation
+                torch.cuda.synchronize(device)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self.outputs[size] = forward(*args)
+                pool = graph.pool()
+                self.graphs[size] = graph
+                bar.advance(task)
+        torch.cuda.synchronize(device)
+        self._device = device
+
+    def release(self, sync: bool = True) -> None:
+        """Frees the graphs. Call it before destroying a process group whose collectives they captured:
+        while such a graph lives, destroying or aborting the NCCL group does not return (pytorch#115388;
+        both hung on two H200s)."""
+        if sync:
+            torch.cuda.synchronize(self._device)
+        for graph in self.graphs.values():
+            graph.reset()
+        self.graphs.clear()
+        self.outputs.clear()
+
+
+class DecodeGraphs(CapturedGraphs):
     def __init__(
         self,
         forward: Callable[[torch.Tensor, torch.Tensor, AttentionMetadata], torch.Tensor],
@@ -51,45 +127,29 @@ class DecodeGraphs:
             (n, max_blocks_per_seq), scratch_block, dtype=torch.int32, device=device
         )
         cu_seqlens = torch.arange(n + 1, dtype=torch.int32, device=device)
-        # Host staging: one pinned buffer, one copy to the device per step. It is rewritten only after
-        # the caller has read the previous step's logits, which waits for that copy to finish.
-        self._host = torch.zeros(n * (4 + max_blocks_per_seq), dtype=torch.int64).pin_memory()
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
-        pool = None
-        with Progress(disable=not progress, transient=True) as bar:
-            task = bar.add_task("capturing CUDA graphs", total=len(self.sizes))
-            for size in reversed(self.sizes):  # largest first, so the smaller ones reuse its memory pool
-                meta = AttentionMetadata(
-                    slot_mapping=self.slot_mapping[:size],
-                    cu_seqlens_q=cu_seqlens[: size + 1],
-                    start_pos=self.positions[:size],
-                    context_lens=self.context_lens[:size],
-                    block_tables=self.block_tables[:size],
-                    max_query_len=1,
-                    max_context_len=max_context_len,
+        self._staging = HostStaging(n * (4 + max_blocks_per_seq), device)
+        self._capture(
+            forward,
+            {
+                size: (
+                    self.input_ids[:size],
+                    self.positions[:size],
+                    AttentionMetadata(
+                        slot_mapping=self.slot_mapping[:size],
+                        cu_seqlens_q=cu_seqlens[: size + 1],
+                        start_pos=self.positions[:size],
+                        context_lens=self.context_lens[:size],
+                        block_tables=self.block_tables[:size],
+                        max_query_len=1,
+                        max_context_len=max_context_len,
+                    ),
                 )
-                args = (self.input_ids[:size], self.positions[:size], meta)
-                forward(*args)  # warm-up outside the graph: lazy init, Triton compilation
-                torch.cuda.synchronize(device)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    self.outputs[size] = forward(*args)
-                pool = graph.pool()
-                self.graphs[size] = graph
-                bar.advance(task)
-        torch.cuda.synchronize(device)
-
-    def release(self, sync: bool = True) -> None:
-        """Frees the graphs. Call it before destroying a process group whose collectives they captured:
-        while such a graph lives, destroying or aborting the NCCL group does not return (pytorch#115388;
-        both hung on two H200s)."""
-        if sync:
-            torch.cuda.synchronize(self.input_ids.device)
-        for graph in self.graphs.values():
-            graph.reset()
-        self.graphs.clear()
-        self.outputs.clear()
+                for size in self.sizes
+            },
+            device,
+            "capturing decode CUDA graphs",
+            progress,
+        )
 
     def fits(self, token_counts: Sequence[int]) -> bool:
         return len(token_counts) <= self.max_batch and all(n == 1 for n in token_counts)
@@ -102,10 +162,10 @@ class DecodeGraphs:
         size = next(s for s in self.sizes if s >= batch)
         width = self.block_tables.shape[1]
         n = stage_decode_inputs(
-            self._host.numpy(), token_ids, positions, block_tables,
+            self._staging.array(), token_ids, positions, block_tables,
             size=size, scratch_block=self.scratch_block, block_size=self.block_size, width=width,
         )  # fmt: skip
-        staged = self._host[:n].to(self.input_ids.device, non_blocking=True)
+        staged = self._staging.upload(n)
         self.input_ids[:size].copy_(staged[0:size])
         self.positions[:size].copy_(staged[size : 2 * size])
         self.slot_mapping[:size].copy_(staged[2 * size : 3 * size])
@@ -113,6 +173,111 @@ class DecodeGraphs:
         self.block_tables[:size].copy_(staged[4 * size : n].view(size, width))
         self.graphs[size].replay()
         return self.outputs[size][:batch]
+
+
+class MixedGraphs(CapturedGraphs):
+    def __init__(
+        self,
+        body: Callable[[torch.Tensor, torch.Tensor, AttentionMetadata], torch.Tensor],
+        *,
+        max_seqs: int,
+        max_blocks_per_seq: int,
+        block_size: int,
+        scratch_block: int,
+        max_context_len: int,
+        device: torch.device,
+        progress: bool = True,
+    ) -> None:
+        """`body(input_ids, positions, meta)`: hidden states `[tokens, hidden]` (the decoder without
+        its LM head), with attention that takes the varlen form for `max_query_len` > 1."""
+        self.sizes = list(MIXED_GRAPH_TOKENS)
+        self.max_tokens, self.max_seqs, self.width = self.sizes[-1], max_seqs, max_blocks_per_seq
+        self.scratch_slot = scratch_block * block_size
+        t, s = self.max_tokens, max_seqs
+        self.input_ids = torch.zeros(t, dtype=torch.int64, device=device)
+        self.positions = torch.zeros(t, dtype=torch.int64, device=device)
+        self.slot_mapping = torch.full((t,), self.scratch_slot, dtype=torch.int64, device=device)
+        self.cu_seqlens = torch.zeros(s + 1, dtype=torch.int32, device=device)  # all empty at capture
+        self.start_pos = torch.zeros(s, dtype=torch.int64, device=device)
+        self.context_lens = torch.zeros(s, dtype=torch.int64, device=device)
+        self.last_token = torch.zeros(s, dtype=torch.int64, device=device)
+        self.block_tables = torch.full((s, self.width), scratch_block, dtype=torch.int32, device=device)
+        self._staging = HostStaging(3 * t + 4 * s + 1 + s * self.width, device)
+        meta = dict(
+            cu_seqlens_q=self.cu_seqlens, start_pos=self.start_pos, context_lens=self.context_lens,
+            block_tables=self.block_tables, max_context_len=max_context_len,
+        )  # fmt: skip
+        self._capture(
+            body,
+            {
+                size: (
+                    self.input_ids[:size],
+                    self.positions[:size],
+                    # every sequence may have up to `size` tokens: the launch shape covers any split
+                    AttentionMetadata(slot_mapping=self.slot_mapping[:size], max_query_len=size, **meta),
+                )
+                for size in self.sizes
+            },
+            device,
+            "capturing mixed-step CUDA graphs",
+            progress,
+        )
+
+    def fits(self, step: PackedStep) -> bool:
+        return step.num_tokens <= self.max_tokens and step.count <= self.max_seqs
+
+    def run(self, step: PackedStep) -> torch.Tensor:
+        """The hidden states of each sequence's last token, `[count, hidden]`."""
+        n, count = step.num_tokens, step.count
+        size = next(s for s in self.sizes if s >= n)
+        width = step.tables.shape[1]
+        total = stage_mixed_inputs(
+            self._staging.array(), step, size=size, max_seqs=self.max_seqs, scratch_slot=self.scratch_slot
+        )
+        staged = self._staging.upload(total)
+        s = self.max_seqs
+        self.input_ids[:size].copy_(staged[0:size])
+        self.positions[:size].copy_(staged[size : 2 * size])
+        self.slot_mapping[:size].copy_(staged[2 * size : 3 * size])
+        at = 3 * size
+        self.cu_seqlens.copy_(staged[at : at + s + 1])
+        self.start_pos.copy_(staged[at + s + 1 : at + 2 * s + 1])
+        self.context_lens.copy_(staged[at + 2 * s + 1 : at + 3 * s + 1])
+        self.last_token[:count].copy_(staged[at + 3 * s + 1 : at + 3 * s + 1 + count])
+        # rows past `count` and columns past `width` keep older ids: no query reads them
+        self.block_tables[:count, :width].copy_(staged[at + 3 * s + 1 + count : total].view(count, width))
+        self.graphs[size].replay()
+        return self.outputs[size].index_select(0, self.last_token[:count])
+
+
+def stage_mixed_inputs(
+    host: np.ndarray, step: PackedStep, *, size: int, max_seqs: int, scratch_slot: int
+) -> int:
+    """Write a packed step padded to `size` tokens and `max_seqs` sequences into `host` (int64) as
+    one block: input ids, positions, slots (`size` each; padding tokens write to the scratch slot),
+    cu_seqlens (`max_seqs + 1`; padding sequences are empty), start positions and context lengths
+    (`max_seqs` each), the last token of each real sequence, then its `[count, width]` block
+    tables. Returns the number of values written."""
+    n, count, s = step.num_tokens, step.count, max_seqs
+    cols = np.zeros((3, size), dtype=np.int64)
+    cols[0, :n] = step.input_ids
+    cols[1, :n] = step.positions
+    cols[2, :n] = step.slots
+    cols[2, n:] = scratch_slot
+    seqs = np.zeros((2, s), dtype=np.int64)
+    seqs[0, :count] = step.start
+    seqs[1, :count] = step.end
+    at = 3 * size
+    host[:at] = cols.ravel()
+    host[at : at + count + 1] = step.cu_seqlens
+    host[at + count + 1 : at + s + 1] = n
+    host[at + s + 1 : at + 3 * s + 1] = seqs.ravel()
+    at += 3 * s + 1
+    host[at : at + count] = step.last_token
+    at += count
+    tables = step.tables.ravel()
+    host[at : at + len(tables)] = tables
+    return at + len(tables)
 
 
 def stage_decode_inputs(

@@ -11,21 +11,19 @@ them before running it; the logits it returns are the whole vocabulary's, as wit
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from r1serve.checkpoint import GenerationDefaults, ModelConfig, load_config, load_generation_defaults
-from r1serve.cuda_graphs import DecodeGraphs
-from r1serve.model import AttentionMetadata, CausalLM, load_model
+from r1serve.cuda_graphs import DecodeGraphs, MixedGraphs
+from r1serve.model import AttentionMetadata, CausalLM, load_model, triton_attention
 from r1serve.model.parallel import TensorParallel, init_process_group
+from r1serve.packed_step import PackedStep, ScheduledSeq, pack
 from r1serve.tokenizer import Tokenizer
 from r1serve.tp_worker import Leader, TensorParallelError, Workers
 
@@ -43,13 +41,6 @@ DTYPES = {
     "fp16": torch.float16,
     "half": torch.float16,
 }
-
-
-@dataclass
-class ScheduledSeq:
-    token_ids: Sequence[int]  # the tokens to compute this step (a prompt, a chunk of it, or the last token)
-    start_pos: int  # position of token_ids[0] = tokens of this sequence already in the KV cache
-    block_table: Sequence[int]  # KV block ids of this sequence, enough for start_pos + len(token_ids)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -121,6 +112,7 @@ class ModelRunner:
             )
         self.max_model_len = max_model_len or min(limit, DEFAULT_MAX_MODEL_LEN)
         self.graphs: DecodeGraphs | None = None  # captured once the cache exists
+        self.mixed_graphs: MixedGraphs | None = None
         self._peers: Workers | Leader | None = _leader
         self._workers: Workers | None = None  # rank 0's handle on the other ranks
         if self.tp.size > 1:
@@ -185,16 +177,15 @@ class ModelRunner:
         self.kv_cache_bytes = self.kv_cache.numel() * self.kv_cache.element_size()
         self.model.bind_kv_cache(self.kv_cache)
         if use_graphs:
-            self.graphs = DecodeGraphs(
-                self._forward_logits,
-                max_batch=max_num_seqs,
-                max_blocks_per_seq=-(-self.max_model_len // self.block_size),
-                block_size=self.block_size,
-                scratch_block=self.num_blocks,
-                max_context_len=self.max_model_len,
-                device=self.device,
+            sizes = dict(
+                max_blocks_per_seq=-(-self.max_model_len // self.block_size), block_size=self.block_size,
+                scratch_block=self.num_blocks, max_context_len=self.max_model_len, device=self.device,
                 progress=progress,
-            )
+            )  # fmt: skip
+            self.graphs = DecodeGraphs(self._forward_logits, max_batch=max_num_seqs, **sizes)
+            # mixed steps need the varlen attention kernel, whose grid covers any split of the tokens
+            if triton_attention.supports_head_dim(cfg.head_dim):
+                self.mixed_graphs = MixedGraphs(self.model, max_seqs=max_num_seqs, **sizes)
 
     def _allocate_cache(self, num_blocks: int) -> torch.Tensor:
         cfg = self.config
@@ -230,56 +221,28 @@ class ModelRunner:
         # _agree_on_blocks for this one. 0 blocks fails the block-count check on every rank alike.
         return max(budget, 0)
 
-    def _metadata(
-        self, batch: list[ScheduledSeq]
-    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
-        # numpy over the whole step rather than Python per token: a mixed step of 145 sequences and
-        # 8k tokens took 3.5 ms to pack in Python, 0.8 ms this way (bench.host_overhead, CPU)
-        bs, count = self.block_size, len(batch)
-        n = np.fromiter((len(s.token_ids) for s in batch), np.int64, count=count)
-        start = np.fromiter((s.start_pos for s in batch), np.int64, count=count)
-        end = start + n
-        used = -(-end // bs)  # blocks each sequence's context spans
-        have = np.fromiter((len(s.block_table) for s in batch), np.int64, count=count)
-        for bad, message in (
-            ((n == 0) | (start < 0), "needs at least one token and start_pos >= 0"),
-            (end > self.max_model_len, "{end} tokens exceed max_model_len " + str(self.max_model_len)),
-            (have < used, "{have} blocks cannot hold {end} tokens"),
-        ):
-            if bad.any():
-                i = int(bad.argmax())
-                raise ValueError(f"batch[{i}]: " + message.format(end=end[i], have=have[i]))
-        tokens = int(n.sum())
-        cu_seqlens = np.zeros(count + 1, np.int64)
-        np.cumsum(n, out=cu_seqlens[1:])
-        input_ids = np.fromiter(itertools.chain.from_iterable(s.token_ids for s in batch), np.int64, tokens)
-        seq_of_token = np.repeat(np.arange(count), n)
-        positions = np.arange(tokens) - cu_seqlens[:-1][seq_of_token] + start[seq_of_token]
-        tables = np.zeros((count, int(used.max())), np.int32)
-        owned = (s.block_table[:u] for s, u in zip(batch, used.tolist(), strict=True))
-        tables[np.arange(tables.shape[1]) < used[:, None]] = np.fromiter(
-            itertools.chain.from_iterable(owned), np.int32, int(used.sum())
-        )
-        slots = tables[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs
-        if not (int(tables.min()) >= 0 and int(tables.max()) < self.num_blocks):
-            raise ValueError(f"block ids must be in [0, {self.num_blocks})")
-        # an out-of-range id would be a device-side assert on CUDA, which poisons the whole process
-        if not 0 <= int(input_ids.min()) <= int(input_ids.max()) < self.config.vocab_size:
-            raise ValueError(f"token ids must be in [0, {self.config.vocab_size})")
+    def _pack(self, batch: list[ScheduledSeq]) -> PackedStep:
+        return pack(
+            batch, block_size=self.block_size, num_blocks=self.num_blocks, max_model_len=self.max_model_len,
+            vocab_size=self.config.vocab_size,
+        )  # fmt: skip
 
-        def dev(values: np.ndarray, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    def _to_device(
+        self, step: PackedStep
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+        def dev(values, dtype: torch.dtype = torch.int64) -> torch.Tensor:
             return torch.from_numpy(values).to(dtype).to(self.device, non_blocking=True)
 
         meta = AttentionMetadata(
-            slot_mapping=dev(slots),
-            cu_seqlens_q=dev(cu_seqlens, torch.int32),
-            start_pos=dev(start),
-            context_lens=dev(end),
-            block_tables=dev(tables, torch.int32),
-            max_query_len=int(n.max()),
-            max_context_len=int(end.max()),
+            slot_mapping=dev(step.slots),
+            cu_seqlens_q=dev(step.cu_seqlens, torch.int32),
+            start_pos=dev(step.start),
+            context_lens=dev(step.end),
+            block_tables=dev(step.tables, torch.int32),
+            max_query_len=step.max_query_len,
+            max_context_len=int(step.end.max()),
         )
-        return dev(input_ids), dev(positions), meta, dev(cu_seqlens[1:] - 1)
+        return dev(step.input_ids), dev(step.positions), meta, dev(step.last_token)
 
     def _agree_on_blocks(self, num_blocks: int) -> int:
         """The smallest of the ranks' block counts: every rank's cache must hold every block id."""
@@ -298,7 +261,7 @@ class ModelRunner:
             raise ValueError("empty batch")
         if self._workers is None:
             return self.execute(batch)
-        prepared = None if self._graph_step(batch) else self._metadata(batch)
+        prepared = None if self._graph_step(batch) else self._pack(batch)
         try:
             self._workers.send(batch)
             return self.execute(batch, prepared)
@@ -308,20 +271,20 @@ class ModelRunner:
     def _graph_step(self, batch: list[ScheduledSeq]) -> bool:
         return self.graphs is not None and self.graphs.fits([len(s.token_ids) for s in batch])
 
-    def execute(
-        self,
-        batch: list[ScheduledSeq],
-        prepared: tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+    def execute(self, batch: list[ScheduledSeq], prepared: PackedStep | None = None) -> torch.Tensor:
         """`run` on this rank alone (call under inference_mode): what a tensor-parallel worker does
-        with each batch rank 0 sends it. `prepared`: the batch's `_metadata`, if already built."""
+        with each batch rank 0 sends it. `prepared`: the batch's `_pack`, if already built."""
         if self._graph_step(batch):
             return self.graphs.run(
                 [s.token_ids[0] for s in batch], [s.start_pos for s in batch], [s.block_table for s in batch]
             )
-        input_ids, positions, meta, last_token = prepared or self._metadata(batch)
-        hidden = self.model(input_ids, positions, meta)
-        return self.model.compute_logits(hidden[last_token]).float()
+        step = prepared or self._pack(batch)
+        if self.mixed_graphs is not None and self.mixed_graphs.fits(step):
+            last_hidden = self.mixed_graphs.run(step)
+        else:
+            input_ids, positions, meta, last_token = self._to_device(step)
+            last_hidden = self.model(input_ids, positions, meta)[last_token]
+        return self.model.compute_logits(last_hidden).float()
 
     def _forward_logits(
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
@@ -355,10 +318,12 @@ class ModelRunner:
         a no-op with one rank."""
         peers, self._peers, self._workers = self._peers, None, None
         if peers is not None:
-            if self.graphs is not None:  # they hold NCCL collectives: freed first (DecodeGraphs.release)
-                # after a failure a graph may wait on a dead peer forever: no synchronize then
-                self.graphs.release(sync=getattr(peers, "error", None) is None)
-                self.graphs = None
+            # the graphs hold NCCL collectives: freed first (CapturedGraphs.release); after a failure a
+            # graph may wait on a dead peer forever, so no synchronize then
+            for graphs in (self.graphs, self.mixed_graphs):
+                if graphs is not None:
+                    graphs.release(sync=getattr(peers, "error", None) is None)
+            self.graphs = self.mixed_graphs = None
             peers.close()
 
 

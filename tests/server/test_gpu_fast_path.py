@@ -14,6 +14,7 @@ import torch
 from r1serve.model.attention import AttentionMetadata, paged_attention
 from r1serve.model.triton_attention import paged_decode_attention
 from r1serve.model_runner import ModelRunner, ScheduledSeq
+from r1serve.packed_step import PackedStep
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -127,3 +128,48 @@ def test_fused_kernels_match_the_pytorch_path(dtype: torch.dtype, monkeypatch: p
         assert got.dtype == want.dtype and got.shape == want.shape, name
         rel = (got.float() - want.float()).norm() / want.float().norm()
         assert rel < tolerance, f"{name}: relative error {rel:.2e}"
+
+
+def test_mixed_step_graphs_match_eager(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps with prompt chunks through the captured mixed-step graphs (cuda_graphs.MixedGraphs), one
+    above the largest (eager there too), and decode steps, against a runner that never captures."""
+    from r1serve.cuda_graphs import MixedGraphs
+
+    common = dict(
+        device="cuda", dtype="float32", kv_cache_memory=256 * 2**20, max_model_len=2048, progress=False
+    )
+    graphs = ModelRunner(tiny_model_dir, max_num_seqs=8, **common)
+    eager = ModelRunner(tiny_model_dir, enforce_eager=True, **common)
+    assert graphs.mixed_graphs is not None and eager.mixed_graphs is None
+    replayed = []
+    run = MixedGraphs.run
+
+    def counted(self: MixedGraphs, step: PackedStep) -> torch.Tensor:
+        replayed.append(step.num_tokens)
+        return run(self, step)
+
+    monkeypatch.setattr(MixedGraphs, "run", counted)
+
+    rng = random.Random(7)
+    per_seq = 2048 // graphs.block_size
+    tables = [list(range(i * per_seq, (i + 1) * per_seq)) for i in range(6)]
+    seqs = [[rng.randrange(1, 1700) for _ in range(n)] for n in (37, 5, 100, 300, 1100, 2)]
+    done = [0] * 6  # tokens of each sequence in the cache
+
+    def step(chunks: dict[int, int]) -> None:
+        """chunks: sequence -> tokens to compute this step; a finished prompt grows by one token."""
+        batch = []
+        for i, n in chunks.items():
+            if done[i] == len(seqs[i]):
+                seqs[i].append(rng.randrange(1, 1700))
+            batch.append(ScheduledSeq(seqs[i][done[i] : done[i] + n], done[i], tables[i]))
+            done[i] += n
+        got, want = graphs.run(batch).cpu(), eager.run(batch).cpu()
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-4), (got - want).abs().max()
+
+    step({0: 37, 1: 5, 2: 60})  # three fresh prompts, one of them chunked
+    step({0: 1, 1: 1, 2: 40, 3: 300})  # decodes beside the chunk's rest (start_pos 60) and a new prompt
+    step({0: 1, 1: 1, 2: 1, 3: 1, 4: 1100})  # 1,104 tokens: above the largest graph, eager
+    step({0: 1, 1: 1, 2: 1, 3: 1, 4: 1, 5: 2})  # six sequences, a 2-token prompt
+    step({i: 1 for i in range(6)})  # decode only: the decode graphs
+    assert replayed == [102, 342, 7]

@@ -92,6 +92,18 @@ def run_interpreter_cases() -> list[str]:
             rel = relative_error(got, want)
             if not rel < tolerance(dtype):
                 failures.append(f"varlen {heads}/{kv_heads}x{head_dim} {dtype} {tile}: {rel:.2e}")
+        # as a mixed-step CUDA graph launches it (cuda_graphs.MixedGraphs): tokens padded to a captured
+        # size, empty sequences up to max_seqs, the launch shape of max_query_len = that size
+        n, pad_seqs = step.q.shape[0], 3
+        size = n + 13
+        q = torch.cat([step.q, torch.randn(size - n, *step.q.shape[1:]).to(dtype)])
+        cu = torch.cat([meta.cu_seqlens_q, torch.full((pad_seqs,), n, dtype=meta.cu_seqlens_q.dtype)])
+        start = torch.cat([meta.start_pos, torch.zeros(pad_seqs, dtype=meta.start_pos.dtype)])
+        tables = torch.cat([meta.block_tables, meta.block_tables[:pad_seqs]])  # rows no query reads
+        got = paged_varlen_attention(q, step.k_cache, step.v_cache, tables, cu, start, size)[:n]
+        rel = relative_error(got, want)
+        if not rel < tolerance(dtype):
+            failures.append(f"varlen padded like a graph {heads}/{kv_heads}x{head_dim} {dtype}: {rel:.2e}")
         # the decode form: one token per sequence, at the end of its context
         decode = random_step([(0, 1), (15, 1), (16, 1), (70, 1)], heads, kv_heads, head_dim, dtype, "cpu")
         got = paged_decode_attention(

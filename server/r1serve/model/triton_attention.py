@@ -36,12 +36,15 @@ except ImportError:  # CPU-only installs: the reference path is used
 LOG2E = math.log2(math.e)
 
 
+def supports_head_dim(head_dim: int) -> bool:
+    """Triton is installed and head_dim is a power of two (tl.arange needs one), >= 16 (tl.dot)."""
+    return triton is not None and head_dim >= 16 and head_dim & (head_dim - 1) == 0
+
+
 def supports(q: torch.Tensor) -> bool:
-    """The kernel runs on CUDA tensors whose head_dim is a power of two (tl.arange needs one) and
-    contiguous within a head (the caches are contiguous: ModelRunner allocates them)."""
-    head_dim = q.shape[-1]
-    power_of_two = head_dim >= 16 and head_dim & (head_dim - 1) == 0
-    return triton is not None and q.is_cuda and power_of_two and q.stride(-1) == 1
+    """The kernel runs on CUDA tensors of a supported head_dim, contiguous within a head (the caches
+    are contiguous: ModelRunner allocates them)."""
+    return q.is_cuda and supports_head_dim(q.shape[-1]) and q.stride(-1) == 1
 
 
 @dataclass(frozen=True)
