@@ -110,8 +110,16 @@ def main() -> None:
                     ),
                     "share_of_limit": (len(steps) / sum(s.seconds for s in steps)) / (copy_bw / weight_bytes),
                     "graph_replay_ms": engine_cases.graph_step_ms(engine),
+                    "phase_ms": engine_cases.phase_ms(steps),
                 }
-                table("batch-1 decode (128 in / 256 out)", [result["decode_b1"]])
+                b1 = result["decode_b1"]
+                table(
+                    "batch-1 decode (128 in / 256 out)",
+                    [
+                        {k: v for k, v in b1.items() if k != "phase_ms"},
+                    ],
+                )
+                table("batch-1 decode: host ms per step by engine phase", [b1["phase_ms"]])
                 save()
             if "offline" in cases:
                 reqs = engine_cases.offline_requests(args.offline_requests)

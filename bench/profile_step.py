@@ -1,0 +1,126 @@
+"""python -m bench.profile_step: where one engine step's GPU time goes, kernel by kernel.
+
+Runs the model runner of a shape (random weights, `/tmp/bench-<shape>` as `python -m bench` writes
+it) on synthetic steps and records them with torch.profiler:
+- decode steps of 1, 64 and 256 sequences with ~800-token contexts (the offline case's average),
+- a mixed step: 64 decodes beside a 512-token prompt chunk (the online case at 64 streams).
+The runner is eager (`enforce_eager`), so every kernel is its own profiler record; the same kernels
+run inside the CUDA graphs. For each step it prints the GPU time by kernel family (matmuls, attention,
+fused elementwise...) and the wall time of the same step replayed from the graphs, so GPU time
+against wall time shows what the launches cost.
+
+    PYTHONPATH=server:. python3 -m bench.profile_step [--shape 1.5b] [--context 800]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from r1serve.model_runner import ModelRunner, ScheduledSeq
+from rich.console import Console
+from rich.table import Table
+from torch.profiler import ProfilerActivity, profile
+
+from bench import shapes
+
+console = Console()
+FAMILIES = (  # first match wins: kernel-name fragment -> family
+    ("_paged_attention", "attention"),
+    ("gemm", "matmul"),
+    ("gemv", "matmul"),
+    ("cutlass", "matmul"),
+    ("nvjet", "matmul"),
+    ("_rms_norm", "add + RMSNorm"),
+    ("_rope", "rotary + KV store"),
+    ("_silu", "SiLU-and-mul"),
+    ("copy", "copies / casts"),
+    ("index", "gather (last tokens, embedding)"),
+)
+
+
+def family(name: str) -> str:
+    low = name.lower()
+    return next((f for key, f in FAMILIES if key.lower() in low), "other")
+
+
+def steps(context: int, blocks: int, block_size: int) -> dict[str, list[ScheduledSeq]]:
+    per_seq = -(-(context + 512) // block_size)
+
+    def table(i: int) -> list[int]:
+        return [(i * per_seq + j) % blocks for j in range(per_seq)]
+
+    def decodes(n: int) -> list[ScheduledSeq]:
+        return [ScheduledSeq([7], context, table(i)) for i in range(n)]
+
+    return {
+        "decode b1": decodes(1),
+        "decode b64": decodes(64),
+        "decode b256": decodes(256),
+        "mixed: 64 decodes + 512-token chunk": [*decodes(64), ScheduledSeq([9] * 512, 0, table(64))],
+    }
+
+
+def gpu_ms_by_family(runner: ModelRunner, batch: list[ScheduledSeq], iters: int = 5) -> dict[str, float]:
+    for _ in range(2):
+        runner.run(batch)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            runner.run(batch)
+        torch.cuda.synchronize()
+    totals: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            totals[family(event.key)] += event.device_time_total / 1e3 / iters
+    return dict(totals)
+
+
+def wall_ms(runner: ModelRunner, batch: list[ScheduledSeq], iters: int = 20) -> float:
+    for _ in range(3):
+        runner.run(batch)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(iters):
+        runner.run(batch)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / iters * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.profile_step", description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", choices=sorted(shapes.SHAPES), default="1.5b")
+    ap.add_argument("--context", type=int, default=800, help="tokens each decoding sequence has cached")
+    args = ap.parse_args()
+    model_dir = Path(f"/tmp/bench-{args.shape}")
+    if not (model_dir / "model.safetensors.index.json").exists():
+        shapes.write_checkpoint(model_dir, args.shape)
+    common = dict(max_model_len=4096, max_num_seqs=256, kv_cache_memory=24 * 2**30, progress=False)
+    eager = ModelRunner(model_dir, enforce_eager=True, **common)
+    cases = steps(args.context, eager.num_blocks, eager.block_size)
+    profiles = {name: gpu_ms_by_family(eager, batch) for name, batch in cases.items()}
+    walls_eager = {name: wall_ms(eager, batch) for name, batch in cases.items()}
+    del eager
+    torch.cuda.empty_cache()
+    graphs = ModelRunner(model_dir, **common)
+    walls_graph = {name: wall_ms(graphs, batch) for name, batch in cases.items()}
+
+    families = {f for p in profiles.values() for f in p}
+    names = sorted(families, key=lambda f: -profiles["decode b256"].get(f, 0))
+    table = Table(title=f"GPU ms per step by kernel family, {args.shape} shape, contexts of {args.context}")
+    table.add_column("kernels")
+    for name in cases:
+        table.add_column(name, justify="right")
+    for f in names:
+        table.add_row(f, *(f"{profiles[c].get(f, 0):.3f}" for c in cases))
+    table.add_row("GPU total", *(f"{sum(profiles[c].values()):.3f}" for c in cases), style="bold")
+    table.add_row("wall, CUDA graphs", *(f"{walls_graph[c]:.3f}" for c in cases))
+    table.add_row("wall, eager", *(f"{walls_eager[c]:.3f}" for c in cases))
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
