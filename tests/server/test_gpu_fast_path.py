@@ -37,7 +37,8 @@ def _reference(q, k_cache, v_cache, tables, lens) -> torch.Tensor:
     ("heads", "kv_heads", "head_dim", "dtype"),
     [(12, 2, 128, torch.bfloat16), (28, 4, 128, torch.bfloat16), (4, 2, 16, torch.float32)],
 )
-def test_triton_decode_attention_matches_reference(heads, kv_heads, head_dim, dtype) -> None:
+@pytest.mark.parametrize("splits", [0, 1, 4])  # 0: as picked for this batch on this card (32 on an H200)
+def test_triton_decode_attention_matches_reference(heads, kv_heads, head_dim, dtype, splits) -> None:
     page, num_blocks = 16, 300
     lens = torch.tensor([1, 17, 64, 300, 1000], device="cuda")
     gen = torch.Generator(device="cuda").manual_seed(random.randrange(2**31))
@@ -54,7 +55,7 @@ def test_triton_decode_attention_matches_reference(heads, kv_heads, head_dim, dt
         tables[i, :blocks] = order[used : used + blocks]
         used += blocks
 
-    out = paged_decode_attention(q, k_cache, v_cache, tables, lens)
+    out = paged_decode_attention(q, k_cache, v_cache, tables, lens, splits)
     ref = _reference(q, k_cache, v_cache, tables, lens)
     assert torch.isfinite(out).all()
     rel = (out.float().cpu() - ref).norm() / ref.norm()

@@ -104,14 +104,21 @@ def run_interpreter_cases() -> list[str]:
         rel = relative_error(got, want)
         if not rel < tolerance(dtype):
             failures.append(f"varlen padded like a graph {heads}/{kv_heads}x{head_dim} {dtype}: {rel:.2e}")
-        # the decode form: one token per sequence, at the end of its context
-        decode = random_step([(0, 1), (15, 1), (16, 1), (70, 1)], heads, kv_heads, head_dim, dtype, "cpu")
-        got = paged_decode_attention(
-            decode.q, decode.k_cache, decode.v_cache, decode.meta.block_tables, decode.meta.context_lens
+        # the decode form: one token per sequence, at the end of its context; its context in one
+        # program, then split over 2 and 32 (flash-decoding: most splits of these short contexts
+        # are empty)
+        decode = random_step(
+            [(0, 1), (15, 1), (16, 1), (70, 1), (200, 1)], heads, kv_heads, head_dim, dtype, "cpu"
         )
-        rel = relative_error(got, reference(decode))
-        if not rel < tolerance(dtype):
-            failures.append(f"decode {heads}/{kv_heads}x{head_dim} {dtype}: {rel:.2e}")
+        want = reference(decode)
+        for splits in (1, 2, 32):
+            got = paged_decode_attention(
+                decode.q, decode.k_cache, decode.v_cache, decode.meta.block_tables,
+                decode.meta.context_lens, splits,
+            )  # fmt: skip
+            rel = relative_error(got, want)
+            if not rel < tolerance(dtype):
+                failures.append(f"decode {heads}/{kv_heads}x{head_dim} {dtype} {splits} splits: {rel:.2e}")
     return failures
 
 
@@ -162,6 +169,14 @@ def test_mixed_step_on_cuda_matches_reference(heads: int, kv_heads: int, head_di
     assert got.dtype == dtype
     rel = relative_error(got, reference(step))
     assert rel < tolerance(dtype), f"relative error {rel:.2e}"
+
+
+def test_decode_splits_fill_the_gpu_and_stop_once_the_sequences_do() -> None:
+    from r1serve.model.triton_attention import MAX_SPLITS, decode_splits
+
+    # 132 SMs (H200), 2 KV heads (the 1.5B shape): two programs per SM, a power of two, at most 32
+    assert [decode_splits(b, 2, 132) for b in (1, 8, 16, 32, 64, 66, 256)] == [32, 32, 16, 8, 4, 1, 1]
+    assert all(decode_splits(b, kv, sms) <= MAX_SPLITS for b in (1, 3) for kv in (1, 8) for sms in (1, 200))
 
 
 if __name__ == "__main__":  # the interpreter test's subprocess
