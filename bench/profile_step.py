@@ -98,7 +98,10 @@ def main() -> None:
     model_dir = Path(f"/tmp/bench-{args.shape}")
     if not (model_dir / "model.safetensors.index.json").exists():
         shapes.write_checkpoint(model_dir, args.shape)
-    common = dict(max_model_len=4096, max_num_seqs=256, kv_cache_memory=24 * 2**30, progress=False)
+    # room for the mixed case's 512-token chunk beside each context (block tables are sized for it)
+    common = dict(
+        max_model_len=args.context + 1024, max_num_seqs=256, kv_cache_memory=24 * 2**30, progress=False
+    )
     eager = ModelRunner(model_dir, enforce_eager=True, **common)
     cases = steps(args.context, eager.num_blocks, eager.block_size)
     profiles = {name: gpu_ms_by_family(eager, batch) for name, batch in cases.items()}

@@ -18,6 +18,7 @@ their K/V into a scratch block that no sequence owns.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,6 +37,18 @@ def batch_sizes(max_batch: int) -> list[int]:
     return sizes or [1]
 
 
+@dataclass(frozen=True)
+class CacheLayout:
+    """What a graph family needs of the KV cache: its static block tables are `max_blocks_per_seq`
+    wide, and padding rows write to `scratch_block`, which no sequence owns."""
+
+    max_blocks_per_seq: int
+    block_size: int
+    scratch_block: int
+    max_context_len: int
+    device: torch.device
+
+
 class HostStaging:
     """One pinned host buffer per graph family: a step's inputs are written into it as one block and
     copied to the device with one copy. Writing waits for the previous copy to have been done: a
@@ -43,17 +56,22 @@ class HostStaging:
 
     def __init__(self, numel: int, device: torch.device) -> None:
         self.device = device
-        self._host = torch.zeros(numel, dtype=torch.int64).pin_memory()
-        self._copied = torch.cuda.Event()
+        host = torch.zeros(numel, dtype=torch.int64)
+        # on the CPU (the tests' stand-in for a GPU) a copy is synchronous: nothing to wait for
+        cuda = device.type == "cuda"
+        self._host = host.pin_memory() if cuda else host
+        self._copied = torch.cuda.Event() if cuda else None
 
     def array(self) -> np.ndarray:
         """The buffer, free to write (the previous copy has been done)."""
-        self._copied.synchronize()
+        if self._copied is not None:
+            self._copied.synchronize()
         return self._host.numpy()
 
     def upload(self, n: int) -> torch.Tensor:
         staged = self._host[:n].to(self.device, non_blocking=True)
-        self._copied.record()
+        if self._copied is not None:
+            self._copied.record()
         return staged
 
 
@@ -105,17 +123,15 @@ class DecodeGraphs(CapturedGraphs):
     def __init__(
         self,
         forward: Callable[[torch.Tensor, torch.Tensor, AttentionMetadata], torch.Tensor],
+        cache: CacheLayout,
         *,
         max_batch: int,
-        max_blocks_per_seq: int,
-        block_size: int,
-        scratch_block: int,
-        max_context_len: int,
-        device: torch.device,
         progress: bool = True,
     ) -> None:
-        self.block_size = block_size
-        self.scratch_block = scratch_block
+        """`forward(input_ids, positions, meta)`: the logits of a decode step."""
+        self.block_size = block_size = cache.block_size
+        self.scratch_block = scratch_block = cache.scratch_block
+        max_blocks_per_seq, device = cache.max_blocks_per_seq, cache.device
         self.sizes = batch_sizes(max_batch)
         self.max_batch = self.sizes[-1]
         n = self.max_batch
@@ -141,7 +157,7 @@ class DecodeGraphs(CapturedGraphs):
                         context_lens=self.context_lens[:size],
                         block_tables=self.block_tables[:size],
                         max_query_len=1,
-                        max_context_len=max_context_len,
+                        max_context_len=cache.max_context_len,
                     ),
                 )
                 for size in self.sizes
@@ -179,20 +195,17 @@ class MixedGraphs(CapturedGraphs):
     def __init__(
         self,
         body: Callable[[torch.Tensor, torch.Tensor, AttentionMetadata], torch.Tensor],
+        cache: CacheLayout,
         *,
         max_seqs: int,
-        max_blocks_per_seq: int,
-        block_size: int,
-        scratch_block: int,
-        max_context_len: int,
-        device: torch.device,
         progress: bool = True,
     ) -> None:
         """`body(input_ids, positions, meta)`: hidden states `[tokens, hidden]` (the decoder without
         its LM head), with attention that takes the varlen form for `max_query_len` > 1."""
         self.sizes = list(MIXED_GRAPH_TOKENS)
-        self.max_tokens, self.max_seqs, self.width = self.sizes[-1], max_seqs, max_blocks_per_seq
-        self.scratch_slot = scratch_block * block_size
+        self.max_tokens, self.max_seqs, self.width = self.sizes[-1], max_seqs, cache.max_blocks_per_seq
+        self.scratch_slot = cache.scratch_block * cache.block_size
+        device, scratch_block = cache.device, cache.scratch_block
         t, s = self.max_tokens, max_seqs
         self.input_ids = torch.zeros(t, dtype=torch.int64, device=device)
         self.positions = torch.zeros(t, dtype=torch.int64, device=device)
@@ -205,7 +218,7 @@ class MixedGraphs(CapturedGraphs):
         self._staging = HostStaging(3 * t + 4 * s + 1 + s * self.width, device)
         meta = dict(
             cu_seqlens_q=self.cu_seqlens, start_pos=self.start_pos, context_lens=self.context_lens,
-            block_tables=self.block_tables, max_context_len=max_context_len,
+            block_tables=self.block_tables, max_context_len=cache.max_context_len,
         )  # fmt: skip
         self._capture(
             body,

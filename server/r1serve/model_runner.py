@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from r1serve.checkpoint import GenerationDefaults, ModelConfig, load_config, load_generation_defaults
-from r1serve.cuda_graphs import DecodeGraphs, MixedGraphs
+from r1serve.cuda_graphs import CacheLayout, DecodeGraphs, MixedGraphs
 from r1serve.model import AttentionMetadata, CausalLM, load_model, triton_attention
 from r1serve.model.parallel import TensorParallel, init_process_group
 from r1serve.packed_step import PackedStep, ScheduledSeq, pack
@@ -177,15 +177,14 @@ class ModelRunner:
         self.kv_cache_bytes = self.kv_cache.numel() * self.kv_cache.element_size()
         self.model.bind_kv_cache(self.kv_cache)
         if use_graphs:
-            sizes = dict(
+            cache = CacheLayout(
                 max_blocks_per_seq=-(-self.max_model_len // self.block_size), block_size=self.block_size,
                 scratch_block=self.num_blocks, max_context_len=self.max_model_len, device=self.device,
-                progress=progress,
             )  # fmt: skip
-            self.graphs = DecodeGraphs(self._forward_logits, max_batch=max_num_seqs, **sizes)
+            self.graphs = DecodeGraphs(self._forward_logits, cache, max_batch=max_num_seqs, progress=progress)
             # mixed steps need the varlen attention kernel, whose grid covers any split of the tokens
             if triton_attention.supports_head_dim(cfg.head_dim):
-                self.mixed_graphs = MixedGraphs(self.model, max_seqs=max_num_seqs, **sizes)
+                self.mixed_graphs = MixedGraphs(self.model, cache, max_seqs=max_num_seqs, progress=progress)
 
     def _allocate_cache(self, num_blocks: int) -> torch.Tensor:
         cfg = self.config

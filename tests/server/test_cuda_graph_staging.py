@@ -1,13 +1,17 @@
-"""The host half of a mixed-step CUDA graph (`stage_mixed_inputs`): how a packed step is padded into
-the graph's static buffers. The device half runs only on a GPU (tests/server/test_gpu_fast_path.py);
-the padding's effect on the attention kernel is checked in the Triton interpreter
+"""The host side of the CUDA graph families (`cuda_graphs.py`): how a step is padded into a graph's
+static buffers, and what a replay then sees and returns. There is no CUDA here, so a stand-in
+replays a "graph" by running its function again on the same buffers (`Replay`); the real graphs
+run against eager execution on a GPU (tests/server/test_gpu_fast_path.py), and the padding's effect
+on the attention kernel is checked in the Triton interpreter
 (tests/server/test_paged_prefill_attention.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from r1serve.cuda_graphs import stage_mixed_inputs
+import torch
+from r1serve.cuda_graphs import CacheLayout, CapturedGraphs, DecodeGraphs, MixedGraphs, stage_mixed_inputs
+from r1serve.model.attention import AttentionMetadata
 from r1serve.packed_step import ScheduledSeq, pack
 
 SIZES = dict(block_size=4, num_blocks=20, max_model_len=64, vocab_size=100)
@@ -51,3 +55,72 @@ def test_pack_names_the_first_bad_entry() -> None:
         pack([good, ScheduledSeq([1], 8, [0, 1])], **SIZES)
     with pytest.raises(ValueError, match=r"token ids must be in \[0, 100\)"):
         pack([good, ScheduledSeq([100], 0, [0])], **SIZES)
+
+
+class Replay:
+    """Stands in for a captured CUDA graph (there is no CUDA here): replaying runs the captured
+    function again on the same static buffers and writes its result into the same output tensor."""
+
+    def __init__(self, forward, args, output: torch.Tensor) -> None:
+        self.forward, self.args, self.output = forward, args, output
+
+    def replay(self) -> None:
+        self.output.copy_(self.forward(*self.args))
+
+
+def stand_in_capture(self, forward, args_by_size, device, label, progress) -> None:
+    self.graphs, self.outputs = {}, {}
+    for size, args in args_by_size.items():
+        self.outputs[size] = forward(*args)
+        self.graphs[size] = Replay(forward, args, self.outputs[size])
+
+
+def seen(ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    """What a forward pass finds in the static buffers, one row per token: its id, position and slot,
+    the sequences' cu_seqlens, start positions, context lengths and block tables (the same
+    sequence-wide values on every row)."""
+    per_seq = torch.cat(
+        [meta.cu_seqlens_q.long(), meta.start_pos, meta.context_lens, meta.block_tables.long().flatten()]
+    )
+    return torch.cat(
+        [torch.stack([ids, positions, meta.slot_mapping], 1), per_seq.expand(len(ids), -1)], 1
+    ).float()
+
+
+CACHE = CacheLayout(
+    max_blocks_per_seq=4, block_size=4, scratch_block=19, max_context_len=16, device=torch.device("cpu")
+)
+
+
+def test_mixed_graphs_replay_the_padded_step_and_return_the_last_tokens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(CapturedGraphs, "_capture", stand_in_capture)
+    graphs = MixedGraphs(seen, CACHE, max_seqs=4, progress=False)
+    batch = [
+        ScheduledSeq([1, 2, 3, 4, 5], 0, [3, 4]),
+        ScheduledSeq([9], 6, [7, 8]),
+        ScheduledSeq([10, 11], 8, [0, 1, 2]),
+    ]
+    step = pack(batch, **SIZES)
+    rows = graphs.run(step)  # 8 tokens: replays the graph of 16
+
+    assert rows.shape[0] == 3  # one row per sequence: its last token (4, 5 and 7 of the step)
+    assert rows[:, :3].tolist() == [[5, 4, 16], [9, 6, 34], [11, 9, 9]]
+    cu, start, end = rows[0, 3:8], rows[0, 8:12], rows[0, 12:16]
+    assert cu.tolist() == [0, 5, 6, 8, 8] and start.tolist() == [0, 6, 8, 0] and end.tolist() == [5, 7, 10, 0]
+    tables = rows[0, 16:].view(4, 4)[:3, :3]
+    assert tables.tolist() == [[3, 4, 0], [7, 8, 0], [0, 1, 2]]
+    # padding tokens of the graph of 16 wrote to the scratch block's first slot
+    assert graphs.slot_mapping[8:16].tolist() == [19 * 4] * 8
+
+
+def test_decode_graphs_replay_the_padded_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(CapturedGraphs, "_capture", stand_in_capture)
+    graphs = DecodeGraphs(seen, CACHE, max_batch=4, progress=False)
+    rows = graphs.run([7, 8, 9], [5, 0, 12], [[3, 4], [6], [0, 1, 2, 5]])  # replays the graph of 4
+
+    assert rows.shape[0] == 3
+    assert rows[:, :3].tolist() == [[7, 5, 17], [8, 0, 24], [9, 12, 20]]
+    assert graphs.context_lens.tolist() == [6, 1, 13, 1]  # the padding row: one token in the scratch block
+    assert graphs.block_tables[3].tolist() == [19] * 4
