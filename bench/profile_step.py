@@ -64,6 +64,11 @@ def steps(context: int, blocks: int, block_size: int) -> dict[str, list[Schedule
     }
 
 
+def runner_settings(context: int) -> dict:
+    # room for the mixed case's 512-token chunk beside each context (block tables are sized for it)
+    return dict(max_model_len=context + 1024, max_num_seqs=256, kv_cache_memory=24 * 2**30, progress=False)
+
+
 def gpu_ms_by_family(runner: ModelRunner, batch: list[ScheduledSeq], iters: int = 5) -> dict[str, float]:
     for _ in range(2):
         runner.run(batch)
@@ -98,10 +103,7 @@ def main() -> None:
     model_dir = Path(f"/tmp/bench-{args.shape}")
     if not (model_dir / "model.safetensors.index.json").exists():
         shapes.write_checkpoint(model_dir, args.shape)
-    # room for the mixed case's 512-token chunk beside each context (block tables are sized for it)
-    common = dict(
-        max_model_len=args.context + 1024, max_num_seqs=256, kv_cache_memory=24 * 2**30, progress=False
-    )
+    common = runner_settings(args.context)
     eager = ModelRunner(model_dir, enforce_eager=True, **common)
     cases = steps(args.context, eager.num_blocks, eager.block_size)
     profiles = {name: gpu_ms_by_family(eager, batch) for name, batch in cases.items()}
