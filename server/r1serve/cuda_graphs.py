@@ -91,22 +91,28 @@ class CapturedGraphs:
         progress: bool,
     ) -> None:
         self.graphs, self.outputs = {}, {}
-        pool = None
-        with Progress(disable=not progress, transient=True) as bar:
-            task = bar.add_task(label, total=len(args_by_size))
-            # largest first, so the smaller ones reuse its memory pool
-            for size in sorted(args_by_size, reverse=True):
-                args = args_by_size[size]
-                forward(*args)  # warm-up outside the graph: lazy init, Triton compilation
-                torch.cuda.synchronize(device)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    self.outputs[size] = forward(*args)
-                pool = graph.pool()
-                self.graphs[size] = graph
-                bar.advance(task)
-        torch.cuda.synchronize(device)
         self._device = device
+        pool = None
+        try:
+            with Progress(disable=not progress, transient=True) as bar:
+                task = bar.add_task(label, total=len(args_by_size))
+                # largest first, so the smaller ones reuse its memory pool
+                for size in sorted(args_by_size, reverse=True):
+                    args = args_by_size[size]
+                    forward(*args)  # warm-up outside the graph: lazy init, Triton compilation
+                    torch.cuda.synchronize(device)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool):
+                        self.outputs[size] = forward(*args)
+                    pool = graph.pool()
+                    self.graphs[size] = graph
+                    bar.advance(task)
+            torch.cuda.synchronize(device)
+        except BaseException:
+            # the runner never gets this object to release: the graphs captured so far must not
+            # outlive the failure (their NCCL collectives would hang the group's teardown)
+            self.release(sync=False)
+            raise
 
     def release(self, sync: bool = True) -> None:
         """Frees the graphs. Call it before destroying a process group whose collectives they captured:

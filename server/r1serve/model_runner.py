@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from r1serve.checkpoint import GenerationDefaults, ModelConfig, load_config, load_generation_defaults
-from r1serve.cuda_graphs import CacheLayout, DecodeGraphs, MixedGraphs
+from r1serve.cuda_graphs import MIXED_GRAPH_TOKENS, CacheLayout, DecodeGraphs, MixedGraphs
 from r1serve.model import AttentionMetadata, CausalLM, load_model, triton_attention
 from r1serve.model.parallel import TensorParallel, init_process_group
 from r1serve.packed_step import PackedStep, ScheduledSeq, pack
@@ -161,7 +161,8 @@ class ModelRunner:
         cfg = self.config
         self._block_shape = (self.block_size, cfg.num_key_value_heads // self.tp.size, cfg.head_dim)
         self.block_bytes = 2 * cfg.num_hidden_layers * math.prod(self._block_shape) * self.dtype.itemsize
-        budget = kv_cache_memory or self._auto_kv_budget(gpu_memory_utilization, max_num_seqs)
+        use_graphs = self.device.type == "cuda" and not enforce_eager
+        budget = kv_cache_memory or self._auto_kv_budget(gpu_memory_utilization, max_num_seqs, use_graphs)
         self.num_blocks = self._agree_on_blocks(budget // self.block_bytes)
         needed = -(-self.max_model_len // self.block_size)
         if self.num_blocks < needed:
@@ -172,7 +173,6 @@ class ModelRunner:
                 "raise kv_cache_memory / gpu_memory_utilization or lower max_model_len"
             )
         # On the GPU one extra block, owned by no sequence, takes the K/V writes of CUDA-graph padding rows.
-        use_graphs = self.device.type == "cuda" and not enforce_eager
         self.kv_cache = self._allocate_cache(self.num_blocks + use_graphs)
         self.kv_cache_bytes = self.kv_cache.numel() * self.kv_cache.element_size()
         self.model.bind_kv_cache(self.kv_cache)
@@ -191,12 +191,13 @@ class ModelRunner:
         shape = (2, cfg.num_hidden_layers, num_blocks, *self._block_shape)
         return torch.zeros(shape, dtype=self.dtype, device=self.device)
 
-    def _auto_kv_budget(self, utilization: float, max_num_seqs: int) -> int:
+    def _auto_kv_budget(self, utilization: float, max_num_seqs: int, use_graphs: bool) -> int:
         if self.device.type != "cuda":
             return CPU_KV_CACHE_BYTES
         # Profile the largest step (one max_model_len prefill) against a just-big-enough cache; the KV
-        # cache then gets the free memory less that step's activations, the decode graphs' logits and
-        # the (1 - utilization) share of the card kept as headroom.
+        # cache then gets the free memory less that step's activations, the graphs' share (the decode
+        # graphs' logits, the mixed-step graphs' pool) and the (1 - utilization) share of the card
+        # kept as headroom.
         torch.cuda.empty_cache()
         weights = torch.cuda.memory_allocated(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
@@ -206,6 +207,10 @@ class ModelRunner:
             self.execute([ScheduledSeq([0] * self.max_model_len, 0, list(range(blocks)))])
         torch.cuda.synchronize(self.device)
         activations = torch.cuda.max_memory_allocated(self.device) - weights - blocks * self.block_bytes
+        if use_graphs:
+            # the mixed-step graphs keep a pool for their largest step (MIXED_GRAPH_TOKENS[-1] tokens)
+            # for good, beside any eager step: estimated from the profiled step, per token
+            activations += activations * MIXED_GRAPH_TOKENS[-1] // self.max_model_len
         activations += 2 * max_num_seqs * self.config.vocab_size * 4  # float32 logits of a full decode batch
         self.model.bind_kv_cache(self._allocate_cache(0))
         torch.cuda.empty_cache()
@@ -255,7 +260,9 @@ class ModelRunner:
     def run(self, batch: list[ScheduledSeq]) -> torch.Tensor:
         """One forward pass over all sequences (packed into one token batch); writes their new K/V into
         the cache and returns float32 logits `[len(batch), vocab]` of each entry's last token.
-        Tensor parallel: on every rank, with the batch checked here before any other rank sees it."""
+        Tensor parallel: on every rank, with the batch checked here before any other rank sees it.
+        (A decode step that fits the decode graphs is not checked: its tokens were sampled and its
+        blocks allocated by the engine, and checking it would cost a pass over every block table.)"""
         if not batch:
             raise ValueError("empty batch")
         if self._workers is None:
@@ -292,10 +299,13 @@ class ModelRunner:
         return self.model.compute_logits(self.model(input_ids, positions, meta)).float()
 
     def warmup(self) -> None:
-        """Forward passes so the first requests pay no lazy initialisation. On the GPU they compile
-        each launch shape the prefill attention kernel picks by prompt length (2..256 tokens, then
-        flat): compiling one took hundreds of ms, and at 64 streams a first mixed step that paid it
-        set the TTFT and inter-token P99. Writes the first blocks, so call it before serving."""
+        """Forward passes so the first requests pay no lazy initialisation. Eager on the GPU
+        (`enforce_eager`), they compile each launch shape the prefill attention kernel picks by prompt
+        length (2..256 tokens, then flat): compiling one took hundreds of ms, and at 64 streams a
+        first mixed step that paid it set the TTFT and inter-token P99. With CUDA graphs these steps
+        replay the mixed-step graphs, whose capture compiled what they launch; a step above the
+        largest graph (1,024 tokens) whose longest chunk is under 16 tokens would still compile its
+        launch shape when it first comes. Writes the first blocks, so call it before serving."""
         lengths = [min(4, self.block_size, self.max_model_len)]
         if self.device.type == "cuda":
             lengths = [n for n in (2, 4, 8, 16, 32, 64, 128, 256) if n < self.max_model_len]
