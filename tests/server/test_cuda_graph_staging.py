@@ -7,6 +7,8 @@ on the attention kernel is checked in the Triton interpreter
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -124,3 +126,33 @@ def test_decode_graphs_replay_the_padded_batch(monkeypatch: pytest.MonkeyPatch) 
     assert rows[:, :3].tolist() == [[7, 5, 17], [8, 0, 24], [9, 12, 20]]
     assert graphs.context_lens.tolist() == [6, 1, 13, 1]  # the padding row: one token in the scratch block
     assert graphs.block_tables[3].tolist() == [19] * 4
+
+
+def test_a_failed_capture_frees_the_graphs_captured_so_far(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A capture that fails half-way (out of memory) leaves no graph alive: with tensor parallelism
+    a live graph holding NCCL collectives hangs the group's teardown (pytorch#115388). CUDA's graph
+    calls are stand-ins here."""
+    freed = []
+
+    class StandInGraph:
+        def reset(self) -> None:
+            freed.append(self)
+
+        def pool(self) -> None:
+            return None
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", StandInGraph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph, pool=None: contextlib.nullcontext())
+    calls = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        if len(calls) == 3:  # the second size's warm-up, after the first size's graph exists
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return x * 2
+
+    graphs = CapturedGraphs()
+    with pytest.raises(torch.OutOfMemoryError):
+        graphs._capture(forward, {4: (torch.ones(4),), 2: (torch.ones(2),)}, torch.device("cpu"), "", False)
+    assert calls == [4, 4, 2] and len(freed) == 1 and graphs.graphs == {} and graphs.outputs == {}
