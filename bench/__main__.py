@@ -43,6 +43,11 @@ def main() -> None:
     ap.add_argument("--levels", default="1,8,32,64,128,256", help="online concurrency levels")
     ap.add_argument("--offline-requests", type=int, default=256)
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument(
+        "--async-scheduling",
+        action="store_true",
+        help="engine cases overlap a step's host work with the GPU (online: R1SERVE_ASYNC_SCHEDULING=true)",
+    )
     ap.add_argument("--tp", type=int, default=1, help="tensor_parallel_size: GPUs the model is split over")
     ap.add_argument("--model-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("bench-out"))
@@ -95,8 +100,9 @@ def main() -> None:
 
     if "decode" in cases or "offline" in cases:
         engine = engine_cases.build_engine(
-            model_dir, max_num_seqs=256, enforce_eager=args.enforce_eager, tensor_parallel_size=args.tp
-        )
+            model_dir, max_num_seqs=256, enforce_eager=args.enforce_eager, tensor_parallel_size=args.tp,
+            async_scheduling=args.async_scheduling,
+        )  # fmt: skip
         try:
             if "decode" in cases:
                 logs, wall, out = engine_cases.run_requests(engine, [(128, 256)], label="batch-1 decode")

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     engine_process: bool = Field(
         False, description="run the engine (model, scheduler, sampler) in its own process (false: a thread)"
     )
+    # Hides the host's per-step work (scheduling, staging, accounting: ~1.5 ms a step at 256
+    # sequences on an H200's host) behind the GPU's; results arrive one step later. Off until measured
+    # on a GPU (docs/PERFORMANCE.md); no effect with tensor parallelism.
+    async_scheduling: bool = Field(
+        False, description="launch step n+1 before step n's tokens are read back (they stay on the GPU)"
+    )
     # The e2e tier's "slow version" (docs/E2E.md): on the CPU engine batching does not change
     # latency, so no real setting makes a version reliably slower than another. Never set in a deployment.
     test_delay_seconds: float = Field(

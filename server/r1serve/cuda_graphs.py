@@ -26,7 +26,7 @@ import torch
 from rich.progress import Progress
 
 from r1serve.model.attention import AttentionMetadata
-from r1serve.packed_step import PackedStep
+from r1serve.packed_step import PackedStep, TokenFeed
 
 MIXED_GRAPH_TOKENS = (16, 32, 64, 128, 192, 256, 384, 512, 640, 768, 896, 1024)
 
@@ -114,6 +114,23 @@ class CapturedGraphs:
             self.release(sync=False)
             raise
 
+    def _feed(self, host: np.ndarray, at: int, fed: Sequence[int], feed: TokenFeed | None) -> int:
+        """Stages a TokenFeed's destinations (indices into `input_ids`) and source rows after the
+        step's inputs; returns where the staged block ends."""
+        if feed is None:
+            return at
+        k = len(fed)
+        host[at : at + k] = fed
+        host[at + k : at + 2 * k] = feed.rows
+        return at + 2 * k
+
+    def _apply_feed(self, staged: torch.Tensor, at: int, feed: TokenFeed | None) -> None:
+        """After the step's inputs are in place: the fed input tokens from the device."""
+        if feed is not None:
+            k = len(feed.rows)
+            tokens = feed.tokens.index_select(0, staged[at + k : at + 2 * k])
+            self.input_ids.index_copy_(0, staged[at : at + k], tokens.to(self.input_ids.dtype))
+
     def release(self, sync: bool = True) -> None:
         """Frees the graphs. Call it before destroying a process group whose collectives they captured:
         while such a graph lives, destroying or aborting the NCCL group does not return (pytorch#115388;
@@ -150,7 +167,7 @@ class DecodeGraphs(CapturedGraphs):
             (n, max_blocks_per_seq), scratch_block, dtype=torch.int32, device=device
         )
         cu_seqlens = torch.arange(n + 1, dtype=torch.int32, device=device)
-        self._staging = HostStaging(n * (4 + max_blocks_per_seq), device)
+        self._staging = HostStaging(n * (6 + max_blocks_per_seq), device)  # (+ a TokenFeed's 2 rows)
         self._capture(
             forward,
             {
@@ -178,22 +195,28 @@ class DecodeGraphs(CapturedGraphs):
         return len(token_counts) <= self.max_batch and all(n == 1 for n in token_counts)
 
     def run(
-        self, token_ids: Sequence[int], positions: Sequence[int], block_tables: Sequence[Sequence[int]]
+        self,
+        token_ids: Sequence[int],
+        positions: Sequence[int],
+        block_tables: Sequence[Sequence[int]],
+        feed: TokenFeed | None = None,
     ) -> torch.Tensor:
         """One decode step for `len(token_ids)` sequences; returns the logits rows of the real ones."""
         batch = len(token_ids)
         size = next(s for s in self.sizes if s >= batch)
         width = self.block_tables.shape[1]
+        host = self._staging.array()
         n = stage_decode_inputs(
-            self._staging.array(), token_ids, positions, block_tables,
+            host, token_ids, positions, block_tables,
             size=size, scratch_block=self.scratch_block, block_size=self.block_size, width=width,
         )  # fmt: skip
-        staged = self._staging.upload(n)
+        staged = self._staging.upload(self._feed(host, n, [] if feed is None else feed.chunks, feed))
         self.input_ids[:size].copy_(staged[0:size])
         self.positions[:size].copy_(staged[size : 2 * size])
         self.slot_mapping[:size].copy_(staged[2 * size : 3 * size])
         self.context_lens[:size].copy_(staged[3 * size : 4 * size])
         self.block_tables[:size].copy_(staged[4 * size : n].view(size, width))
+        self._apply_feed(staged, n, feed)
         self.graphs[size].replay()
         return self.outputs[size][:batch]
 
@@ -222,7 +245,7 @@ class MixedGraphs(CapturedGraphs):
         self.context_lens = torch.zeros(s, dtype=torch.int64, device=device)
         self.last_token = torch.zeros(s, dtype=torch.int64, device=device)
         self.block_tables = torch.full((s, self.width), scratch_block, dtype=torch.int32, device=device)
-        self._staging = HostStaging(3 * t + 4 * s + 1 + s * self.width, device)
+        self._staging = HostStaging(3 * t + 6 * s + 1 + s * self.width, device)  # (+ a TokenFeed's)
         meta = dict(
             cu_seqlens_q=self.cu_seqlens, start_pos=self.start_pos, context_lens=self.context_lens,
             block_tables=self.block_tables, max_context_len=cache.max_context_len,
@@ -246,15 +269,17 @@ class MixedGraphs(CapturedGraphs):
     def fits(self, step: PackedStep) -> bool:
         return step.num_tokens <= self.max_tokens and step.count <= self.max_seqs
 
-    def run(self, step: PackedStep) -> torch.Tensor:
+    def run(self, step: PackedStep, feed: TokenFeed | None = None) -> torch.Tensor:
         """The hidden states of each sequence's last token, `[count, hidden]`."""
         n, count = step.num_tokens, step.count
         size = next(s for s in self.sizes if s >= n)
         width = step.tables.shape[1]
+        host = self._staging.array()
         total = stage_mixed_inputs(
-            self._staging.array(), step, size=size, max_seqs=self.max_seqs, scratch_slot=self.scratch_slot
+            host, step, size=size, max_seqs=self.max_seqs, scratch_slot=self.scratch_slot
         )
-        staged = self._staging.upload(total)
+        fed = [] if feed is None else step.last_token[feed.chunks]
+        staged = self._staging.upload(self._feed(host, total, fed, feed))
         s = self.max_seqs
         self.input_ids[:size].copy_(staged[0:size])
         self.positions[:size].copy_(staged[size : 2 * size])
@@ -266,6 +291,7 @@ class MixedGraphs(CapturedGraphs):
         self.last_token[:count].copy_(staged[at + 3 * s + 1 : at + 3 * s + 1 + count])
         # rows past `count` and columns past `width` keep older ids: no query reads them
         self.block_tables[:count, :width].copy_(staged[at + 3 * s + 1 + count : total].view(count, width))
+        self._apply_feed(staged, total, feed)
         self.graphs[size].replay()
         return self.outputs[size].index_select(0, self.last_token[:count])
 

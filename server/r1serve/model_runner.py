@@ -23,7 +23,7 @@ from r1serve.checkpoint import GenerationDefaults, ModelConfig, load_config, loa
 from r1serve.cuda_graphs import MIXED_GRAPH_TOKENS, CacheLayout, DecodeGraphs, MixedGraphs
 from r1serve.model import AttentionMetadata, CausalLM, load_model, triton_attention
 from r1serve.model.parallel import TensorParallel, init_process_group
-from r1serve.packed_step import PackedStep, ScheduledSeq, pack
+from r1serve.packed_step import PackedStep, ScheduledSeq, TokenFeed, pack
 from r1serve.tokenizer import Tokenizer
 from r1serve.tp_worker import Leader, TensorParallelError, Workers
 
@@ -111,6 +111,8 @@ class ModelRunner:
                 f"max_model_len {max_model_len} is outside 1..{limit} (the model's max_position_embeddings)"
             )
         self.max_model_len = max_model_len or min(limit, DEFAULT_MAX_MODEL_LEN)
+        # input tokens may come from the device (TokenFeed); tensor-parallel workers get token ids
+        self.feeds_tokens = tensor_parallel_size == 1
         self.graphs: DecodeGraphs | None = None  # captured once the cache exists
         self.mixed_graphs: MixedGraphs | None = None
         self._peers: Workers | Leader | None = _leader
@@ -257,16 +259,20 @@ class ModelRunner:
         return int(count.item())
 
     @torch.inference_mode()
-    def run(self, batch: list[ScheduledSeq]) -> torch.Tensor:
+    def run(self, batch: list[ScheduledSeq], feed: TokenFeed | None = None) -> torch.Tensor:
         """One forward pass over all sequences (packed into one token batch); writes their new K/V into
         the cache and returns float32 logits `[len(batch), vocab]` of each entry's last token.
         Tensor parallel: on every rank, with the batch checked here before any other rank sees it.
         (A decode step that fits the decode graphs is not checked: its tokens were sampled and its
-        blocks allocated by the engine, and checking it would cost a pass over every block table.)"""
+        blocks allocated by the engine, and checking it would cost a pass over every block table.)
+        `feed`: input tokens still on the device, written over the listed chunks' last tokens (one
+        rank only, `feeds_tokens`)."""
         if not batch:
             raise ValueError("empty batch")
         if self._workers is None:
-            return self.execute(batch)
+            return self.execute(batch, feed=feed)
+        if feed is not None:
+            raise ValueError("tensor parallel: the workers need the step's token ids (no TokenFeed)")
         prepared = None if self._graph_step(batch) else self._pack(batch)
         try:
             self._workers.send(batch)
@@ -277,18 +283,25 @@ class ModelRunner:
     def _graph_step(self, batch: list[ScheduledSeq]) -> bool:
         return self.graphs is not None and self.graphs.fits([len(s.token_ids) for s in batch])
 
-    def execute(self, batch: list[ScheduledSeq], prepared: PackedStep | None = None) -> torch.Tensor:
+    def execute(
+        self, batch: list[ScheduledSeq], prepared: PackedStep | None = None, feed: TokenFeed | None = None
+    ) -> torch.Tensor:
         """`run` on this rank alone (call under inference_mode): what a tensor-parallel worker does
         with each batch rank 0 sends it. `prepared`: the batch's `_pack`, if already built."""
         if self._graph_step(batch):
             return self.graphs.run(
-                [s.token_ids[0] for s in batch], [s.start_pos for s in batch], [s.block_table for s in batch]
-            )
+                [s.token_ids[0] for s in batch], [s.start_pos for s in batch], [s.block_table for s in batch],
+                feed,
+            )  # fmt: skip
         step = prepared or self._pack(batch)
         if self.mixed_graphs is not None and self.mixed_graphs.fits(step):
-            last_hidden = self.mixed_graphs.run(step)
+            last_hidden = self.mixed_graphs.run(step, feed)
         else:
             input_ids, positions, meta, last_token = self._to_device(step)
+            if feed is not None:
+                fed = torch.from_numpy(step.last_token[feed.chunks]).to(self.device)
+                rows = torch.tensor(feed.rows, device=self.device)
+                input_ids.index_copy_(0, fed, feed.tokens.index_select(0, rows).to(input_ids.dtype))
             last_hidden = self.model(input_ids, positions, meta)[last_token]
         return self.model.compute_logits(last_hidden).float()
 

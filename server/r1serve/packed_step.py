@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 @dataclass
@@ -18,6 +19,16 @@ class ScheduledSeq:
     token_ids: Sequence[int]  # the tokens to compute this step (a prompt, a chunk of it, or the last token)
     start_pos: int  # position of token_ids[0] = tokens of this sequence already in the KV cache
     block_table: Sequence[int]  # KV block ids of this sequence, enough for start_pos + len(token_ids)
+
+
+@dataclass
+class TokenFeed:
+    """Input tokens that are still on the device (asynchronous scheduling): the last token of the
+    step's chunk `chunks[j]` is `tokens[rows[j]]`, sampled by the step before, not yet read back."""
+
+    tokens: torch.Tensor
+    chunks: list[int]
+    rows: list[int]
 
 
 @dataclass

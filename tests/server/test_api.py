@@ -17,17 +17,26 @@ N = 12  # output tokens per request (ignore_eos makes the count exact)
 EXACT = {"ignore_eos": True}
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["engine-process", "engine-thread"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        {"engine_process": True},
+        {"engine_process": False},
+        {"engine_process": True, "async_scheduling": True},
+    ],
+    ids=["engine-process", "engine-thread", "engine-process-async-scheduling"],
+)
 def live_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    """The API must behave the same whichever way the engine runs (the `engine_process` setting)."""
+    """The API must behave the same whichever way the engine runs (the `engine_process` setting) and
+    whenever it reads a step's tokens back (`async_scheduling`)."""
     from r1serve.tiny_model import write_tiny_model
 
     model_dir = tmp_path_factory.mktemp("live-model")
     write_tiny_model(model_dir)
     log = tmp_path_factory.mktemp("live-log") / "server.log"
-    with ServerProcess(model_dir, settings={"engine_process": request.param}, log_path=log) as server:
+    with ServerProcess(model_dir, settings=request.param, log_path=log) as server:
         yield server
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from r1serve.cuda_graphs import CacheLayout, CapturedGraphs, DecodeGraphs, MixedGraphs, stage_mixed_inputs
 from r1serve.model.attention import AttentionMetadata
-from r1serve.packed_step import ScheduledSeq, pack
+from r1serve.packed_step import ScheduledSeq, TokenFeed, pack
 
 SIZES = dict(block_size=4, num_blocks=20, max_model_len=64, vocab_size=100)
 
@@ -156,3 +156,19 @@ def test_a_failed_capture_frees_the_graphs_captured_so_far(monkeypatch: pytest.M
     with pytest.raises(torch.OutOfMemoryError):
         graphs._capture(forward, {4: (torch.ones(4),), 2: (torch.ones(2),)}, torch.device("cpu"), "", False)
     assert calls == [4, 4, 2] and len(freed) == 1 and graphs.graphs == {} and graphs.outputs == {}
+
+
+def test_a_token_feed_writes_the_devices_tokens_over_the_fed_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asynchronous scheduling: the last token of the listed chunks comes from the previous step's
+    sampled tensor (`TokenFeed`), in both graph families; the others keep their staged ids."""
+    monkeypatch.setattr(CapturedGraphs, "_capture", stand_in_capture)
+    sampled = torch.tensor([70, 71, 72])  # the previous step's tokens, rows 0..2
+    decode = DecodeGraphs(seen, CACHE, max_batch=4, progress=False)
+    rows = decode.run([0, 8, 0], [5, 0, 12], [[3, 4], [6], [0, 1, 2, 5]], TokenFeed(sampled, [0, 2], [2, 0]))
+    assert rows[:, 0].tolist() == [72, 8, 70]
+
+    mixed = MixedGraphs(seen, CACHE, max_seqs=4, progress=False)
+    batch = [ScheduledSeq([1, 2, 3], 0, [3]), ScheduledSeq([0], 6, [7, 8]), ScheduledSeq([0], 4, [0, 1])]
+    rows = mixed.run(pack(batch, **SIZES), TokenFeed(sampled, [1, 2], [1, 0]))
+    assert rows[:, 0].tolist() == [3, 71, 70]
+    assert mixed.input_ids[:5].tolist() == [1, 2, 3, 71, 70]

@@ -47,8 +47,13 @@ def generate(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams
     return [s.output_token_ids for s in seqs]
 
 
-def engine_for(runner: ModelRunner, budget: int = 256) -> LLMEngine:
-    return LLMEngine(runner, max_num_seqs=8, max_num_batched_tokens=budget)
+def engine_for(runner: ModelRunner, budget: int = 256, async_scheduling: bool = False) -> LLMEngine:
+    return LLMEngine(runner, max_num_seqs=8, max_num_batched_tokens=budget, async_scheduling=async_scheduling)
+
+
+# Each property below holds in both schedulings: reading a step's tokens back at once, or one step
+# later with the next step's input tokens taken from the device (`async_scheduling`).
+both = pytest.mark.parametrize("overlap", [False, True], ids=["sync", "async"])
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +61,51 @@ def alone(runner: ModelRunner) -> list[list[int]]:
     return [generate(engine_for(runner), [p])[0] for p in PROMPTS]
 
 
-def test_batched_matches_one_at_a_time(runner: ModelRunner, alone: list[list[int]]) -> None:
-    engine = engine_for(runner)
+@both
+def test_batched_matches_one_at_a_time(runner: ModelRunner, alone: list[list[int]], overlap: bool) -> None:
+    engine = engine_for(runner, async_scheduling=overlap)
     assert generate(engine, PROMPTS) == alone
     assert engine.block_manager.usage == 0  # every block back
 
 
+@both
 def test_chunked_prefill_and_preemption_do_not_change_outputs(
-    small_runner: ModelRunner, alone: list[list[int]]
+    small_runner: ModelRunner, alone: list[list[int]], overlap: bool
 ) -> None:
-    engine = engine_for(small_runner, budget=8)  # prompts prefilled 8 tokens at a time
+    engine = engine_for(small_runner, budget=8, async_scheduling=overlap)  # prompts prefilled 8 at a time
     assert generate(engine, PROMPTS) == alone
     assert engine.scheduler.num_preemptions > 0
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+def test_async_scheduling_reports_a_step_one_call_later_and_drops_the_extra_token(
+    runner: ModelRunner, alone: list[list[int]]
+) -> None:
+    """The first step samples every prompt's first token but reports it with the next call, which
+    already computes the second from the device; a sequence that stops keeps no token computed past
+    its stop, an aborted one reports nothing more, and every block comes back."""
+    engine = engine_for(runner, async_scheduling=True)
+    stop_at = alone[1][2]
+    seqs = [
+        Sequence(list(PROMPTS[0]), GREEDY),
+        Sequence(list(PROMPTS[1]), SamplingParams(max_tokens=15, temperature=0.0, stop_token_ids=(stop_at,))),
+        Sequence(list(PROMPTS[2]), GREEDY),
+    ]
+    for s in seqs:
+        engine.add(s)
+    assert engine.step() == []  # launched, not read back
+    first = engine.step()
+    assert [(r.seq, r.token_id) for r in first] == [(s, a[0]) for s, a in zip(seqs, alone[:3], strict=True)]
+    engine.abort(seqs[2])
+    reported: dict[int, list[int]] = {s.seq_id: [a[0]] for s, a in zip(seqs, alone, strict=False)}
+    while engine.has_work():
+        for r in engine.step():
+            reported[r.seq.seq_id].append(r.token_id)
+    assert seqs[0].output_token_ids == reported[seqs[0].seq_id] == alone[0]
+    assert seqs[1].finish_reason is FinishReason.STOP
+    assert seqs[1].output_token_ids == reported[seqs[1].seq_id] == alone[1][:3]
+    # the aborted one: at most the token of the step that was in flight when it went
+    assert seqs[2].finish_reason is FinishReason.ABORT and len(reported[seqs[2].seq_id]) <= 2
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
 
 
@@ -88,8 +126,11 @@ def test_prefill_cap_while_decoding_does_not_change_outputs(
     assert [s.output_token_ids for s in [first, *rest]] == alone
 
 
-def test_prefix_cache_hit_gives_the_same_tokens(runner: ModelRunner, alone: list[list[int]]) -> None:
-    engine = engine_for(runner)
+@both
+def test_prefix_cache_hit_gives_the_same_tokens(
+    runner: ModelRunner, alone: list[list[int]], overlap: bool
+) -> None:
+    engine = engine_for(runner, async_scheduling=overlap)
     first = generate(engine, [PROMPTS[2]])
     again = Sequence(list(PROMPTS[2]), GREEDY)
     engine.add(again)
@@ -99,10 +140,11 @@ def test_prefix_cache_hit_gives_the_same_tokens(runner: ModelRunner, alone: list
     assert [again.output_token_ids] == first == [alone[2]]
 
 
-def test_seeded_request_is_reproducible_inside_any_batch(runner: ModelRunner) -> None:
+@both
+def test_seeded_request_is_reproducible_inside_any_batch(runner: ModelRunner, overlap: bool) -> None:
     seeded = SamplingParams(max_tokens=10, temperature=1.0, seed=1234, ignore_eos=True)
     a = generate(engine_for(runner), [PROMPTS[1]], seeded)[0]
-    engine = engine_for(runner)
+    engine = engine_for(runner, async_scheduling=overlap)
     seqs = [Sequence(list(PROMPTS[1]), seeded), Sequence(list(PROMPTS[0]), SamplingParams(max_tokens=10))]
     for s in seqs:
         engine.add(s)
@@ -111,10 +153,13 @@ def test_seeded_request_is_reproducible_inside_any_batch(runner: ModelRunner) ->
     assert seqs[0].output_token_ids == a
 
 
-def test_stop_token_ids_and_eos_end_the_sequence(runner: ModelRunner, alone: list[list[int]]) -> None:
+@both
+def test_stop_token_ids_and_eos_end_the_sequence(
+    runner: ModelRunner, alone: list[list[int]], overlap: bool
+) -> None:
     stop_at = alone[0][3]
     params = SamplingParams(max_tokens=15, temperature=0.0, stop_token_ids=(stop_at,))
-    engine = engine_for(runner)
+    engine = engine_for(runner, async_scheduling=overlap)
     s = Sequence(list(PROMPTS[0]), params)
     engine.add(s)
     while engine.has_work():
@@ -127,11 +172,12 @@ def test_stop_token_ids_and_eos_end_the_sequence(runner: ModelRunner, alone: lis
     assert eos.output_token_ids == s.output_token_ids
 
 
-def test_penalized_requests_run_through_the_engine(runner: ModelRunner) -> None:
+@both
+def test_penalized_requests_run_through_the_engine(runner: ModelRunner, overlap: bool) -> None:
     """Penalties rewrite the step's logits in place (they once raised: inference tensors outside
     inference mode). A presence penalty far above the tiny model's logit spread makes greedy decoding
     pick a token it has not produced yet, every step."""
-    engine = engine_for(runner)
+    engine = engine_for(runner, async_scheduling=overlap)
     params = SamplingParams(max_tokens=16, temperature=0.0, presence_penalty=2.0, ignore_eos=True)
     seqs = [Sequence(list(PROMPTS[0]), params), Sequence(list(PROMPTS[1]), GREEDY)]
     for s in seqs:

@@ -64,3 +64,19 @@ def test_batching_chunking_and_preemption_keep_greedy_outputs_on_cuda(tiny_model
     assert generate(e, PROMPTS, [GREEDY] * len(PROMPTS)) == alone
     assert e.scheduler.num_preemptions > 0
     assert e.block_manager.num_free_blocks == e.block_manager.num_blocks
+
+
+def test_async_scheduling_keeps_outputs_on_cuda(tiny_model_dir: Path) -> None:
+    """Step n+1 launched from step n's tokens on the device (decode and mixed-step graphs fed by a
+    TokenFeed), through batching, chunking, preemption and sampled rows: the same tokens as reading
+    each step back at once."""
+    r = runner(tiny_model_dir)
+    # greedy and seeded (no penalties: they read the previous step back first)
+    sampled = [MIXED[i] for i in (0, 1, 2, 0, 1, 2)]
+    for budget, kv in ((2048, 2**28), (16, 20 * r.block_bytes)):
+        rk = runner(tiny_model_dir, kv_cache_memory=kv)
+        sync = generate(engine(rk, budget), PROMPTS, sampled)
+        overlapped = LLMEngine(rk, max_num_seqs=64, max_num_batched_tokens=budget, async_scheduling=True)
+        assert overlapped.async_scheduling
+        assert generate(overlapped, PROMPTS, sampled) == sync
+        assert overlapped.block_manager.num_free_blocks == overlapped.block_manager.num_blocks

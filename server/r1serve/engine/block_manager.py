@@ -62,10 +62,12 @@ class BlockManager:
 
     # -- admission -------------------------------------------------------------------------------
 
-    def _full_block_hashes(self, seq: Sequence) -> list[int]:
-        """The chained hash of each full block of `seq`, computed once per block (tokens only grow)."""
+    def _full_block_hashes(self, seq: Sequence, blocks: int | None = None) -> list[int]:
+        """The chained hash of each full block of `seq` (of its first `blocks`), computed once per
+        block (tokens only grow). A token not yet sampled (the engine's placeholder while its step
+        runs) sits past the computed tokens: `commit` hashes only up to them."""
         bs, hashes = self.block_size, seq.block_hashes
-        for i in range(len(hashes), len(seq) // bs):
+        for i in range(len(hashes), len(seq) // bs if blocks is None else blocks):
             tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
             hashes.append(chain_hash(hashes[i - 1] if i else NO_HASH, tokens))
         return hashes
@@ -131,7 +133,7 @@ class BlockManager:
         full = min(seq.num_computed_tokens // bs, len(seq.block_table))
         if full <= seq.num_hashed_blocks:
             return
-        hashes = self._full_block_hashes(seq)
+        hashes = self._full_block_hashes(seq, full)
         for i in range(seq.num_hashed_blocks, full):
             block = self.blocks[seq.block_table[i]]
             block.hash, block.token_ids = hashes[i], tuple(seq.token_ids[i * bs : (i + 1) * bs])

@@ -72,7 +72,9 @@ class Scheduler:
         return True
 
     def finish(self, seq: Sequence, reason: FinishReason) -> None:
-        self.running.remove(seq)
+        """End a running sequence, or a waiting one: preempted while its last token was being
+        sampled (asynchronous scheduling), it ends as soon as that token says so."""
+        (self.running if seq.status is SequenceStatus.RUNNING else self.waiting).remove(seq)
         self._finish(seq, reason)
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> None:
@@ -156,11 +158,14 @@ class Scheduler:
         return chunks
 
     def complete(self, *chunks: ScheduledChunk) -> None:
-        """Account for computed chunks: their K/V is now in the cache."""
+        """Account for computed chunks: their K/V is now in the cache (a sequence that has ended
+        since its chunk was scheduled has nothing left to account)."""
         bm = self.block_manager
         bs = bm.block_size
         for chunk in chunks:
             seq = chunk.seq
+            if seq.is_finished:
+                continue
             seq.num_computed_tokens = done = chunk.start + chunk.num_tokens
             if done // bs > seq.num_hashed_blocks:  # a block just filled (1 decode step in block_size)
                 bm.commit(seq)

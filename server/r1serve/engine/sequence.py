@@ -103,13 +103,13 @@ class Sequence:
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)
 
-    def check_finished(self, max_model_len: int) -> FinishReason | None:
-        """Why the sequence ends after its last appended token, if it does."""
+    def check_finished(self, max_model_len: int, n: int | None = None) -> FinishReason | None:
+        """Why the sequence ends after its `n`th token (default: its last), if it does."""
         tokens, params = self.token_ids, self.params
-        last = tokens[-1]
+        n = len(tokens) if n is None else n
+        last = tokens[n - 1]
         if last in params.stop_token_ids or (last in self.eos_token_ids and not params.ignore_eos):
             return FinishReason.STOP
-        n = len(tokens)
         if n - self.num_prompt_tokens >= params.max_tokens or n >= max_model_len:
             return FinishReason.LENGTH
         return None
