@@ -14,6 +14,7 @@ from r1serve.engine.async_engine import SWITCH_INTERVAL_S, AsyncEngine, EngineEr
 from r1serve.engine.llm_engine import LLMEngine, RequestRejected
 from r1serve.engine.sequence import FinishReason, SamplingParams, Sequence
 from r1serve.model_runner import ModelRunner
+from r1serve.packed_step import TokenFeed
 
 BLOCK = 4
 MAX_LEN = 64
@@ -107,6 +108,62 @@ def test_async_scheduling_reports_a_step_one_call_later_and_drops_the_extra_toke
     # the aborted one: at most the token of the step that was in flight when it went
     assert seqs[2].finish_reason is FinishReason.ABORT and len(reported[seqs[2].seq_id]) <= 2
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+class TinyCacheRunner:
+    """A runner whose KV cache (2 blocks of 4 tokens) is smaller than one sequence's context, which a
+    real ModelRunner refuses to build: the scheduler then ends the lone sequence itself. Its logits
+    pick the token after each sequence's last input (taken from the TokenFeed when fed)."""
+
+    device, block_size, num_blocks, max_model_len = torch.device("cpu"), 4, 2, 64
+    feeds_tokens = True
+
+    def run(self, batch: list, feed: TokenFeed | None = None) -> torch.Tensor:
+        last = [s.token_ids[-1] for s in batch]
+        if feed is not None:
+            for chunk, row in zip(feed.chunks, feed.rows, strict=True):
+                last[chunk] = int(feed.tokens[row])
+        logits = torch.zeros(len(batch), 100)
+        logits[torch.arange(len(batch)), [(t + 1) % 100 for t in last]] = 1.0
+        return logits
+
+
+@both
+def test_a_sequence_the_cache_cannot_hold_reports_its_last_token_then_its_end(overlap: bool) -> None:
+    engine = LLMEngine(TinyCacheRunner(), max_num_seqs=4, max_num_batched_tokens=64, async_scheduling=overlap)
+    seq = Sequence(list(range(6)), SamplingParams(max_tokens=100, temperature=0.0, ignore_eos=True))
+    engine.add(seq)
+    reported, ends = [], []
+    while engine.has_work():
+        for r in engine.step():
+            if r.token_id is not None:
+                reported.append(r.token_id)
+            if r.seq.is_finished:
+                ends.append(r.seq.finish_reason)
+    # 8 tokens fill both blocks; the 9th is sampled from them, and no block is left to compute it on
+    assert reported == seq.output_token_ids == [6, 7, 8]
+    assert seq.finish_reason is FinishReason.LENGTH and ends[-1] is FinishReason.LENGTH
+    assert engine.block_manager.num_free_blocks == 2
+
+
+def test_a_failed_step_with_a_step_in_flight_fails_its_sequences_too() -> None:
+    """Async scheduling: the step that fails was launched while the previous one was in flight; the
+    engine loop then fails every sequence of either (their placeholders are never filled) and every
+    block comes back."""
+    runner = TinyCacheRunner()
+    runner.num_blocks = 16
+    engine = LLMEngine(runner, max_num_seqs=4, max_num_batched_tokens=64, async_scheduling=True)
+    seqs = [Sequence(list(range(k, k + 5)), SamplingParams(max_tokens=20, temperature=0.0)) for k in (0, 40)]
+    for s in seqs:
+        engine.add(s)
+    engine.step()
+    engine.step()
+    runner.run = lambda batch, feed=None: (_ for _ in ()).throw(RuntimeError("CUDA error"))
+    with pytest.raises(RuntimeError):
+        engine.step()
+    assert sorted(s.seq_id for s in engine.fail_running()) == sorted(s.seq_id for s in seqs)
+    assert all(s.finish_reason is FinishReason.ABORT for s in seqs) and not engine.has_work()
+    assert engine.block_manager.num_free_blocks == 16
 
 
 def test_prefill_cap_while_decoding_does_not_change_outputs(
