@@ -21,6 +21,7 @@ import torch
 
 from r1serve.checkpoint import GenerationDefaults, ModelConfig, load_config, load_generation_defaults
 from r1serve.cuda_graphs import MIXED_GRAPH_TOKENS, CacheLayout, DecodeGraphs, MixedGraphs
+from r1serve.engine.sampler import to_device
 from r1serve.model import AttentionMetadata, CausalLM, load_model, triton_attention
 from r1serve.model.parallel import TensorParallel, init_process_group
 from r1serve.packed_step import PackedStep, ScheduledSeq, TokenFeed, pack
@@ -298,9 +299,9 @@ class ModelRunner:
             last_hidden = self.mixed_graphs.run(step, feed)
         else:
             input_ids, positions, meta, last_token = self._to_device(step)
-            if feed is not None:
-                fed = torch.from_numpy(step.last_token[feed.chunks]).to(self.device)
-                rows = torch.tensor(feed.rows, device=self.device)
+            if feed is not None:  # (pinned copies: a pageable one would wait for the step in flight)
+                fed = to_device(step.last_token[feed.chunks].tolist(), torch.int64, self.device)
+                rows = to_device(feed.rows, torch.int64, self.device)
                 input_ids.index_copy_(0, fed, feed.tokens.index_select(0, rows).to(input_ids.dtype))
             last_hidden = self.model(input_ids, positions, meta)[last_token]
         return self.model.compute_logits(last_hidden).float()

@@ -129,9 +129,15 @@ class TinyCacheRunner:
 
 
 @both
-def test_a_sequence_the_cache_cannot_hold_reports_its_last_token_then_its_end(overlap: bool) -> None:
+@pytest.mark.parametrize("stop", [(), (8,)], ids=["length", "stop-token"])
+def test_a_sequence_the_cache_cannot_hold_reports_its_last_token_then_its_end(
+    overlap: bool, stop: tuple[int, ...]
+) -> None:
+    """...with the reason its last token gives, if any (async: the scheduler ends it, out of KV
+    memory, before that token is read back)."""
     engine = LLMEngine(TinyCacheRunner(), max_num_seqs=4, max_num_batched_tokens=64, async_scheduling=overlap)
-    seq = Sequence(list(range(6)), SamplingParams(max_tokens=100, temperature=0.0, ignore_eos=True))
+    params = SamplingParams(max_tokens=100, temperature=0.0, ignore_eos=True, stop_token_ids=stop)
+    seq = Sequence(list(range(6)), params)
     engine.add(seq)
     reported, ends = [], []
     while engine.has_work():
@@ -142,7 +148,8 @@ def test_a_sequence_the_cache_cannot_hold_reports_its_last_token_then_its_end(ov
                 ends.append(r.seq.finish_reason)
     # 8 tokens fill both blocks; the 9th is sampled from them, and no block is left to compute it on
     assert reported == seq.output_token_ids == [6, 7, 8]
-    assert seq.finish_reason is FinishReason.LENGTH and ends[-1] is FinishReason.LENGTH
+    reason = FinishReason.STOP if stop else FinishReason.LENGTH
+    assert seq.finish_reason is reason and ends[-1] is reason
     assert engine.block_manager.num_free_blocks == 2
 
 

@@ -65,7 +65,9 @@ class BlockManager:
     def _full_block_hashes(self, seq: Sequence, blocks: int | None = None) -> list[int]:
         """The chained hash of each full block of `seq` (of its first `blocks`), computed once per
         block (tokens only grow). A token not yet sampled (the engine's placeholder while its step
-        runs) sits past the computed tokens: `commit` hashes only up to them."""
+        runs) sits past the computed tokens: `commit` hashes only up to them, and admission hashes
+        only sequences whose tokens are all known (the scheduler admits nothing in a step that
+        preempted, and a preempted sequence's token in flight is read back before the next)."""
         bs, hashes = self.block_size, seq.block_hashes
         for i in range(len(hashes), len(seq) // bs if blocks is None else blocks):
             tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])

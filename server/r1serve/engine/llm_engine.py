@@ -166,7 +166,9 @@ class LLMEngine:
         else:
             self._in_flight = launched
         # Cleared only once this step has succeeded: a failed step must not lose these streams' ends.
-        results += [StepResult(seq, None) for seq in scheduler.finished]
+        for seq in scheduler.finished:
+            results.append(StepResult(seq, None))
+            self.generators.pop(seq.seq_id, None)
         scheduler.finished.clear()
         t2, t3, _ = times
         read_back = clock() - t6 + t5 - t4  # with its wait for the GPU, counted as "sync"
@@ -239,12 +241,15 @@ class LLMEngine:
             if seq.finish_reason is FinishReason.ABORT or slot >= len(seq.token_ids):
                 continue
             seq.token_ids[slot] = token_id
-            if not seq.is_finished:  # (the scheduler may have ended it meanwhile: out of KV memory)
-                reason = seq.check_finished(self.max_model_len, slot + 1)
-                if reason is not None:
-                    del seq.token_ids[slot + 1 :]  # a placeholder of the step launched since
-                    self.scheduler.finish(seq, reason)
-                    self.generators.pop(seq.seq_id, None)
+            reason = seq.check_finished(self.max_model_len, slot + 1)
+            if seq.is_finished:
+                # the scheduler ended it meanwhile (out of KV memory): its token still says why
+                if reason is FinishReason.STOP:
+                    seq.finish_reason = reason
+            elif reason is not None:
+                del seq.token_ids[slot + 1 :]  # a placeholder of the step launched since
+                self.scheduler.finish(seq, reason)
+                self.generators.pop(seq.seq_id, None)
             results.append(StepResult(seq, token_id))
         return results
 
