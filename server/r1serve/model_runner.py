@@ -238,7 +238,10 @@ class ModelRunner:
         self, step: PackedStep
     ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
         def dev(values, dtype: torch.dtype = torch.int64) -> torch.Tensor:
-            return torch.from_numpy(values).to(dtype).to(self.device, non_blocking=True)
+            host = torch.from_numpy(values).to(dtype)
+            if self.device.type == "cuda":  # queued, not waiting for the step in flight (async scheduling)
+                host = host.pin_memory()
+            return host.to(self.device, non_blocking=True)
 
         meta = AttentionMetadata(
             slot_mapping=dev(step.slots),

@@ -48,6 +48,10 @@ class InFlight:
     seqs: list[Sequence]  # the sequences it samples, in the order of `tokens`
     slots: list[int]  # where each one's placeholder sits in its token_ids
     tokens: torch.Tensor | None  # their sampled ids, on the runner's device (None: nothing sampled)
+    # The same ids on their way to the host: copied right after sampling, so reading them back waits
+    # for this step only (a `.tolist()` of `tokens` would queue behind the step launched since).
+    host: torch.Tensor | None = None
+    copied: torch.cuda.Event | None = None
 
 
 class RequestRejected(ValueError):
@@ -208,7 +212,13 @@ class LLMEngine:
         for seq in seqs:
             slots.append(len(seq.token_ids))
             seq.token_ids.append(PLACEHOLDER)
-        return InFlight(seqs, slots, tokens), (t2, t3, clock())
+        step = InFlight(seqs, slots, tokens, tokens)
+        if tokens is not None and tokens.is_cuda:
+            step.host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            step.host.copy_(tokens, non_blocking=True)
+            step.copied = torch.cuda.Event()
+            step.copied.record()
+        return step, (t2, t3, clock())
 
     @staticmethod
     def _feed(chunks: list[ScheduledChunk], previous: InFlight) -> TokenFeed | None:
@@ -231,7 +241,9 @@ class LLMEngine:
         """Waits for a step's sampled tokens (the host sync), writes them over its placeholders and
         ends the sequences they end."""
         t0 = time.perf_counter()
-        sampled: list[int] = [] if step.tokens is None else step.tokens.tolist()
+        if step.copied is not None:
+            step.copied.synchronize()
+        sampled: list[int] = [] if step.host is None else step.host.tolist()
         self._sync_seconds = time.perf_counter() - t0
         if step is self._in_flight:
             self._in_flight = None
