@@ -128,8 +128,7 @@ class CapturedGraphs:
         """After the step's inputs are in place: the fed input tokens from the device."""
         if feed is not None:
             k = len(feed.rows)
-            tokens = feed.tokens.index_select(0, staged[at + k : at + 2 * k])
-            self.input_ids.index_copy_(0, staged[at : at + k], tokens.to(self.input_ids.dtype))
+            feed.write(self.input_ids, staged[at : at + k], staged[at + k : at + 2 * k])
 
     def release(self, sync: bool = True) -> None:
         """Frees the graphs. Call it before destroying a process group whose collectives they captured:

@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from r1serve.checkpoint import GenerationDefaults, ModelConfig, load_config, load_generation_defaults
@@ -237,11 +238,9 @@ class ModelRunner:
     def _to_device(
         self, step: PackedStep
     ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
-        def dev(values, dtype: torch.dtype = torch.int64) -> torch.Tensor:
-            host = torch.from_numpy(values).to(dtype)
-            if self.device.type == "cuda":  # queued, not waiting for the step in flight (async scheduling)
-                host = host.pin_memory()
-            return host.to(self.device, non_blocking=True)
+        def dev(values: np.ndarray, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+            # pinned: queued, not waiting for a step in flight (async scheduling)
+            return to_device(values, dtype, self.device)
 
         meta = AttentionMetadata(
             slot_mapping=dev(step.slots),
@@ -302,10 +301,9 @@ class ModelRunner:
             last_hidden = self.mixed_graphs.run(step, feed)
         else:
             input_ids, positions, meta, last_token = self._to_device(step)
-            if feed is not None:  # (pinned copies: a pageable one would wait for the step in flight)
-                fed = to_device(step.last_token[feed.chunks].tolist(), torch.int64, self.device)
-                rows = to_device(feed.rows, torch.int64, self.device)
-                input_ids.index_copy_(0, fed, feed.tokens.index_select(0, rows).to(input_ids.dtype))
+            if feed is not None:
+                at = to_device(step.last_token[feed.chunks], torch.int64, self.device)
+                feed.write(input_ids, at, to_device(feed.rows, torch.int64, self.device))
             last_hidden = self.model(input_ids, positions, meta)[last_token]
         return self.model.compute_logits(last_hidden).float()
 

@@ -30,6 +30,11 @@ class TokenFeed:
     chunks: list[int]
     rows: list[int]
 
+    def write(self, input_ids: torch.Tensor, at: torch.Tensor, rows: torch.Tensor) -> None:
+        """input_ids[at[j]] = tokens[rows[j]], on the device (`at`, `rows`: device copies of where
+        the fed chunks' last tokens sit in `input_ids` and of `self.rows`)."""
+        input_ids.index_copy_(0, at, self.tokens.index_select(0, rows).to(input_ids.dtype))
+
 
 @dataclass
 class PackedStep:

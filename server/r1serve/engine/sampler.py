@@ -14,17 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence as Seq
 
+import numpy as np
 import torch
 
 from r1serve.engine.sequence import SamplingParams
 
 
-def to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A small host list as a tensor on `device`, queued without waiting for the device.
+def to_device(values: list | np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Host values (a list or a numpy array) as a tensor on `device`, queued without waiting for the
+    device.
 
     A plain host-to-GPU copy synchronises with the stream; from pinned memory (torch's caching host
     allocator, which also keeps the buffer until the copy is done) it is queued like a kernel."""
-    host = torch.tensor(values, dtype=dtype)
+    host = torch.as_tensor(values, dtype=dtype)
     if device.type != "cuda":
         return host
     return host.pin_memory().to(device, non_blocking=True)
