@@ -5,17 +5,20 @@ layer count. Cases, for each DeepSeek-R1-Distill-Qwen shape:
 - mixed: one fresh 1024-token prompt chunk beside 63 decodes of ~600-token contexts (the step that
   set the online ITL P99: the reference pads all 64 sequences to 1024 queries);
 - prefill: 8 fresh 512-token prompts;
-- decode: 64 decodes of ~600-token contexts, through the decode form (what CUDA graphs capture) and
-  the varlen form, to show what folding decode into the varlen launch would cost.
+- decode: 64 decodes of ~600-token contexts, 256 of 100-1,500 (the offline case) and 64 of ~4,000
+  (R1-length reasoning), through the decode form (what CUDA graphs capture) and the varlen form, to
+  show what folding decode into the varlen launch would cost. "KV TB/s": the cache bytes of the
+  contexts over the time, to set beside the card's copy bandwidth.
 The reference's padded layout and mask are built once per step and shared by all layers, so they
 are built before timing. Blocks are shuffled, as in a server that has run a while.
 
-    PYTHONPATH=server:. python3 -m bench.attention [--shape 1.5b,7b] [--sweep]
+    PYTHONPATH=server:. python3 -m bench.attention [--shape 1.5b,7b] [--sweep] [--cases decode]
     [--baseline-decode OLD_triton_attention.py]
 
-`--sweep` also times other launch shapes of the varlen kernel; `--baseline-decode` times the
-`paged_decode_attention` of another copy of the module (e.g. `git show REV:server/r1serve/model/
-triton_attention.py > /tmp/old.py`) on the decode case, to compare a change of the decode kernel.
+`--sweep` also times other launch shapes of both forms (the decode form's tile and context splits);
+`--baseline-decode` times the `paged_decode_attention` of another copy of the module (e.g. `git show
+REV:server/r1serve/model/triton_attention.py > /tmp/old.py`) on the decode cases, to compare a
+change of the decode kernel.
 """
 
 from __future__ import annotations
@@ -31,7 +34,12 @@ from pathlib import Path
 
 import torch
 from r1serve.model.attention import AttentionMetadata, reference_paged_attention
-from r1serve.model.triton_attention import TileConfig, paged_decode_attention, paged_varlen_attention
+from r1serve.model.triton_attention import (
+    DECODE_TILE,
+    TileConfig,
+    paged_decode_attention,
+    paged_varlen_attention,
+)
 from rich.console import Console
 from rich.table import Table
 
@@ -109,6 +117,9 @@ def cases(rng: random.Random) -> dict[str, list[tuple[int, int]]]:
         "mixed: 1x1024 prompt + 63 decodes (ctx ~600)": [(0, 1024), *decodes[:63]],
         "prefill: 8x512 fresh prompts": [(0, 512)] * 8,
         "decode: 64 decodes (ctx ~600)": decodes,
+        # the offline case's decode steps, and R1-length reasoning
+        "decode: 256 decodes (ctx 100-1500)": [(rng.randint(100, 1500), 1) for _ in range(256)],
+        "decode: 64 decodes (ctx ~4000)": [(rng.randint(3800, 4200), 1) for _ in range(64)],
     }
 
 
@@ -126,6 +137,21 @@ def sweep_tiles(heads: int, kv_heads: int) -> list[TileConfig]:
         for q, n, w, s in itertools.product((1, 2, 4, 8, 16, 32), (32, 64), (4, 8), (2, 3))
         if 16 <= q * group_pad <= 256
     ]
+
+
+def sweep_decode() -> list[tuple[TileConfig, int]]:
+    """(launch shape, context splits; 0 = decode_splits' choice) of the decode form."""
+    tiles = [
+        (TileConfig(block_q=1, block_n=n, num_warps=w, num_stages=s), 0)
+        for n, w, s in itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4))
+    ]
+    return tiles + [(DECODE_TILE, splits) for splits in (1, 2, 4, 8)]
+
+
+def kv_bytes(step: Step) -> int:
+    """Cache bytes a step's attention reads once: K and V of every sequence's context."""
+    per_token = 2 * step.k_cache[0, 0].numel() * step.k_cache.element_size()
+    return int(step.meta.context_lens.sum()) * per_token
 
 
 def gpu_ms(fn: Callable[[], torch.Tensor], iters: int) -> tuple[float, str]:
@@ -168,14 +194,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.attention")
     ap.add_argument("--shape", default="1.5b,7b", help=f"comma list of {sorted(SHAPES)}")
     ap.add_argument("--iters", type=int, default=20, help="calls per timing (one CUDA graph)")
-    ap.add_argument("--sweep", action="store_true", help="also time other varlen launch shapes")
+    ap.add_argument("--sweep", action="store_true", help="also time other launch shapes of both forms")
+    ap.add_argument("--cases", default="", help="comma list: only the cases whose name contains one")
     ap.add_argument("--baseline-decode", type=Path, help="a triton_attention.py to time on the decode case")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("python -m bench.attention: needs a CUDA GPU (see bench/README.md)")
     baseline = load_module(args.baseline_decode) if args.baseline_decode else None
     table = Table(title=f"paged attention, one layer, bf16, {torch.cuda.get_device_name()}")
-    columns = ("shape", "case", "path", "ms/call (layer)", "ms/step", "x reference", "rel. error", "timed")
+    columns = ("shape", "case", "path", "ms/call (layer)", "ms/step", "x reference", "KV TB/s", "rel. error")
+    columns += ("timed",)
     for col in columns:
         table.add_column(col, justify="left" if col in ("shape", "case", "path", "timed") else "right")
 
@@ -184,6 +212,8 @@ def main() -> None:
         heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
         head_dim, layers = cfg["hidden_size"] // heads, cfg["num_hidden_layers"]
         for name, seqs in cases(random.Random(0)).items():
+            if args.cases and not any(c in name for c in args.cases.split(",")):
+                continue
             console.log(f"{shape}: {name}")
             step = random_step(seqs, heads, kv_heads, head_dim, torch.bfloat16, "cuda")
             m = step.meta
@@ -201,6 +231,13 @@ def main() -> None:
                     paths["baseline decode"] = partial(baseline.paged_decode_attention, *decode_args)
             if args.sweep and m.max_query_len > 1:
                 paths |= {f"  varlen {tile_label(t)}": varlen(step, t) for t in sweep_tiles(heads, kv_heads)}
+            if args.sweep and m.max_query_len == 1:
+                paths |= {
+                    f"  decode {tile_label(t)}, splits {n or 'auto'}": partial(
+                        paged_decode_attention, *decode_args, n, t
+                    )
+                    for t, n in sweep_decode()
+                }
             want = next(iter(paths.values()))().float()
             ref_ms = None
             for label, fn in paths.items():
@@ -211,8 +248,9 @@ def main() -> None:
                     table.add_row(shape, name, label, type(e).__name__)  # rich fills the other cells
                     continue
                 ref_ms = ref_ms or ms
-                cells = (f"{ms:.3f}", f"{ms * layers:.2f}", f"{ref_ms / ms:.1f}", f"{rel:.1e}", how)
-                table.add_row(shape, name, label, *cells)
+                tb_s = kv_bytes(step) / ms / 1e9
+                cells = (f"{ms:.3f}", f"{ms * layers:.2f}", f"{ref_ms / ms:.1f}", f"{tb_s:.2f}", f"{rel:.1e}")
+                table.add_row(shape, name, label, *cells, how)
             del step
             torch.cuda.empty_cache()
     console.print(table)

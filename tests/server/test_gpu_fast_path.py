@@ -145,9 +145,9 @@ def test_mixed_step_graphs_match_eager(tiny_model_dir: Path, monkeypatch: pytest
     replayed = []
     run = MixedGraphs.run
 
-    def counted(self: MixedGraphs, step: PackedStep) -> torch.Tensor:
+    def counted(self: MixedGraphs, step: PackedStep, feed: object = None) -> torch.Tensor:
         replayed.append(step.num_tokens)
-        return run(self, step)
+        return run(self, step, feed)
 
     monkeypatch.setattr(MixedGraphs, "run", counted)
 

@@ -89,6 +89,9 @@ class TileConfig:
         return TileConfig(block_q=block_q, num_warps=8 if rows * head_dim >= 128 * 128 else 4)
 
 
+DECODE_TILE = TileConfig(block_q=1, block_n=64, num_warps=4, num_stages=3)
+
+
 if triton is not None:
 
     @triton.jit
@@ -348,14 +351,15 @@ def paged_decode_attention(
     block_tables: torch.Tensor,
     context_lens: torch.Tensor,
     splits: int = 0,
+    tile: TileConfig = DECODE_TILE,
 ) -> torch.Tensor:
     """q `[batch, heads, head_dim]` (one token per sequence, the last of its context); caches
     `[blocks, page, kv_heads, head_dim]`. Safe to capture in a CUDA graph. `splits`: context splits
-    per (sequence, KV head), a power of two up to MAX_SPLITS (0: `decode_splits` picks)."""
+    per (sequence, KV head), a power of two up to MAX_SPLITS (0: `decode_splits` picks); `tile`: the
+    launch shape (block_q is 1; the microbenchmark sweeps the others)."""
     batch, num_heads, _ = q.shape
     kv_heads = k_cache.shape[2]
     group = num_heads // kv_heads
-    tile = TileConfig(block_q=1, block_n=64, num_warps=4, num_stages=3)  # the launch defaults
     # tl.dot needs M >= 16: the group's heads are padded to 16 rows
     group_pad = max(16, triton.next_power_of_2(group))
     sm_count = _sm_count(q.device.index or 0) if q.is_cuda else 1  # the interpreter: set `splits`
