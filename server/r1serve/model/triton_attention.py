@@ -79,17 +79,18 @@ class TileConfig:
 
     @staticmethod
     def for_step(max_query_len: int, group: int, head_dim: int) -> TileConfig:
-        # ~128 rows per program for long prompts (flash-attention's BLOCK_M); fewer tokens when every
-        # sequence is short, since rows past a sequence's end are computed and dropped. tl.dot needs
-        # M >= 16.
+        # ~64 rows per program, 4 warps, 2 stages: on an H200 a 1,024-token chunk beside 63 decodes
+        # took 0.032 ms a layer against 0.054 with flash-attention's 128 rows, 8 warps, 3 stages
+        # (both shapes; `python -m bench.attention --sweep`, docs/PERFORMANCE.md): twice the
+        # programs, two of them resident per SM. Fewer tokens when every sequence is short, since
+        # rows past a sequence's end are computed and dropped. tl.dot needs M >= 16.
         group_pad = triton.next_power_of_2(group)
-        block_q = min(triton.next_power_of_2(max_query_len), max(1, 128 // group_pad))
+        block_q = min(triton.next_power_of_2(max_query_len), max(1, 64 // group_pad))
         block_q = max(block_q, triton.cdiv(16, group_pad))
-        rows = block_q * group_pad
-        return TileConfig(block_q=block_q, num_warps=8 if rows * head_dim >= 128 * 128 else 4)
+        return TileConfig(block_q=block_q, num_warps=4, num_stages=2)
 
 
-DECODE_TILE = TileConfig(block_q=1, block_n=64, num_warps=4, num_stages=3)
+DECODE_TILE = TileConfig(block_q=1, block_n=64, num_warps=2, num_stages=2)
 
 
 if triton is not None:
