@@ -41,6 +41,12 @@ def main() -> None:
     ap.add_argument("--shape", choices=sorted(shapes.SHAPES), default="1.5b")
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma list of {CASES}")
     ap.add_argument("--levels", default="1,8,32,64,128,256", help="online concurrency levels")
+    ap.add_argument(
+        "--requests-per-stream",
+        type=int,
+        default=2,
+        help="online requests per concurrent stream (at least 16 a level): more steadies the P99s",
+    )
     ap.add_argument("--offline-requests", type=int, default=256)
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument(
@@ -171,7 +177,9 @@ def main() -> None:
                 levels = []
                 for c in (int(x) for x in args.levels.split(",")):
                     t0 = time.perf_counter()
-                    run = online.run_level(server.base_url, "bench", c, max(2 * c, 16), 200, 128)
+                    run = online.run_level(
+                        server.base_url, "bench", c, max(args.requests_per_stream * c, 16), 200, 128
+                    )
                     levels.append(online.summarise(c, run))
                     console.print(f"  concurrency {c}: {time.perf_counter() - t0:.0f} s")
                 result["online"] = levels
