@@ -1,34 +1,24 @@
 #!/usr/bin/env bash
-# The next GPU call, ready to run (2x H200, ~7 minutes of a 10-minute call): what session 4 built
-# after its GPU time was spent. Carry the wheels (bench/README.md):
-#   run: bash bench/next_gpu_call.sh   kind: nvidia-h200-x2   carry: [".whl"]
-# GPU 1: the single-GPU suite (async scheduling on CUDA and everything changed after session 4's
-# last call), then one step's GPU time at R1-length contexts. GPU 0: the 1.5B bench with the engine
-# process as in the GPU pods, without and then with asynchronous scheduling.
+# The next GPU call, ready to run (~6 minutes of a 10-minute call): what session 5 could not run.
+#   run: bash bench/next_gpu_call.sh   kind: nvidia-h200-x2 (or nvidia-h200: the two-GPU tests then
+#   skip themselves)   carry: [".whl"]
+# 1. Tensor parallel on two GPUs with session 5's attention launch shapes (last passed in session 4).
+# 2. The thread mode (engine_process=false, the server's default outside the GPU pods) beside the
+#    engine process, both with async scheduling, 8 requests a stream (steadier P99s).
 set -u
 cd "$(dirname "$0")/.."
 source bench/part.sh
 nvidia-smi -L
 bash bench/device.sh true > /dev/null
-# the checkpoint first: parts side by side would both write it
 bash bench/device.sh python3 -c "from pathlib import Path; from bench.shapes import write_checkpoint; \
 write_checkpoint(Path('/tmp/bench-1.5b'), '1.5b')" > /dev/null
 PT="python3 -m pytest -v -s -p no:cacheprovider -p gpu_instafail"
-(
-  CUDA_VISIBLE_DEVICES=1 part gpu 220 bash bench/device.sh $PT --timeout=90 tests/server/test_engine_gpu.py \
-    tests/server/test_gpu_fast_path.py tests/server/test_paged_prefill_attention.py \
-    tests/server/test_model_parity.py tests/server/test_triton_decode_kernels.py tests/server/test_sampler.py \
-    tests/server/test_engine_process.py -k "not test_engine_process or cuda"
-  CUDA_VISIBLE_DEVICES=1 part prof4k 90 bash bench/device.sh python3 -m bench.profile_step --context 4000
-) > "$OUT/gpu1.summary" 2>&1 &
-export R1SERVE_ENGINE_PROCESS=true
-CUDA_VISIBLE_DEVICES=0 part sync 180 bash bench/device.sh python3 -m bench --shape 1.5b \
-  --cases decode,offline,online --levels 8,32,64,128,256 --out "$OUT/sync"
-R1SERVE_ASYNC_SCHEDULING=true CUDA_VISIBLE_DEVICES=0 part async 180 bash bench/device.sh python3 -m bench \
-  --shape 1.5b --cases decode,offline,online --levels 8,32,64,128,256 --async-scheduling --out "$OUT/async"
-wait
-cat "$OUT/gpu1.summary"
-grep -A16 "GPU ms per step" "$OUT/prof4k.log"
+R1_DUMP_AFTER=150 part tp 170 bash bench/device.sh $PT tests/server/test_tensor_parallel.py -k "two_gpus"
+export R1SERVE_ASYNC_SCHEDULING=true
+for mode in true false; do
+  R1SERVE_ENGINE_PROCESS=$mode CUDA_VISIBLE_DEVICES=0 part "process_$mode" 100 bash bench/device.sh \
+    python3 -m bench --shape 1.5b --cases online --levels 32,64,128 --requests-per-stream 8 --out "$OUT/process_$mode"
+done
 # only a few files come back from a call: keep the JSONs and logs
-rm -f "$OUT"/*/server.log "$OUT"/*/*.png "$OUT/gpu1.summary"
+rm -f "$OUT"/*/server.log "$OUT"/*/*.png
 ls -R "$OUT"

@@ -64,8 +64,9 @@ class Settings(BaseSettings):
         False, description="run the engine (model, scheduler, sampler) in its own process (false: a thread)"
     )
     # Hides the host's per-step work (scheduling, staging, accounting: ~1.5 ms a step at 256
-    # sequences on an H200's host) behind the GPU's; results arrive one step later. Off until measured
-    # on a GPU (docs/PERFORMANCE.md); no effect with tensor parallelism.
+    # sequences on an H200's host) behind the GPU's; results arrive one step later. The CPU engine
+    # gains nothing, so off by default; on in the GPU pods (components/gpu), where it measured faster
+    # at every level (docs/PERFORMANCE.md). No effect with tensor parallelism.
     async_scheduling: bool = Field(
         False, description="launch step n+1 before step n's tokens are read back (they stay on the GPU)"
     )
