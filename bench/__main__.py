@@ -44,8 +44,8 @@ def main() -> None:
     ap.add_argument(
         "--requests-per-stream",
         type=int,
-        default=2,
-        help="online requests per concurrent stream (at least 16 a level): more steadies the P99s",
+        default=8,
+        help="online requests per concurrent stream, at least 16 a level (2 until session 5: noisy P99s)",
     )
     ap.add_argument("--offline-requests", type=int, default=256)
     ap.add_argument("--enforce-eager", action="store_true")
