@@ -9,6 +9,7 @@ import argparse
 import gc
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -67,6 +68,8 @@ def main() -> None:
         "shape": args.shape,
         "hardware": hardware.describe(),
         "command": vars(args) | {"out": str(args.out)},
+        # the server's settings come from its environment (async scheduling, engine process, caps)
+        "server_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("R1SERVE_")},
     }
 
     def save() -> None:
@@ -174,15 +177,15 @@ def main() -> None:
         save()
         try:
             if "online" in cases:
-                levels = []
+                levels = result["online"] = []
                 for c in (int(x) for x in args.levels.split(",")):
                     t0 = time.perf_counter()
                     run = online.run_level(
                         server.base_url, "bench", c, max(args.requests_per_stream * c, 16), 200, 128
                     )
                     levels.append(online.summarise(c, run))
+                    save()  # each level: a part killed at its time limit keeps the levels it finished
                     console.print(f"  concurrency {c}: {time.perf_counter() - t0:.0f} s")
-                result["online"] = levels
                 table("online: streaming chat, ~200-word prompts, 128 output tokens", levels)
                 plot.plot_runs(
                     {"r1serve": levels},

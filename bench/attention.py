@@ -196,7 +196,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20, help="calls per timing (one CUDA graph)")
     ap.add_argument("--sweep", action="store_true", help="also time other launch shapes of both forms")
     ap.add_argument("--cases", default="", help="comma list: only the cases whose name contains one")
-    ap.add_argument("--baseline-decode", type=Path, help="a triton_attention.py to time on the decode case")
+    ap.add_argument("--baseline-decode", type=Path, help="a triton_attention.py to time on the decode cases")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("python -m bench.attention: needs a CUDA GPU (see bench/README.md)")

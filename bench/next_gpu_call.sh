@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The next GPU call, ready to run (~6 minutes of a 10-minute call): what session 5 could not run.
+# The next GPU call, ready to run (~7 minutes of a 10-minute call): what session 5 could not run.
 #   run: bash bench/next_gpu_call.sh   kind: nvidia-h200-x2 (or nvidia-h200: the two-GPU tests then
 #   skip themselves)   carry: [".whl"]
 # 1. Tensor parallel on two GPUs with session 5's attention launch shapes (last passed in session 4).
@@ -16,7 +16,7 @@ PT="python3 -m pytest -v -s -p no:cacheprovider -p gpu_instafail"
 R1_DUMP_AFTER=150 part tp 170 bash bench/device.sh $PT tests/server/test_tensor_parallel.py -k "two_gpus"
 export R1SERVE_ASYNC_SCHEDULING=true
 for mode in true false; do
-  R1SERVE_ENGINE_PROCESS=$mode CUDA_VISIBLE_DEVICES=0 part "process_$mode" 100 bash bench/device.sh \
+  R1SERVE_ENGINE_PROCESS=$mode CUDA_VISIBLE_DEVICES=0 part "process_$mode" 150 bash bench/device.sh \
     python3 -m bench --shape 1.5b --cases online --levels 32,64,128 --requests-per-stream 8 --out "$OUT/process_$mode"
 done
 # only a few files come back from a call: keep the JSONs and logs

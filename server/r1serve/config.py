@@ -65,8 +65,8 @@ class Settings(BaseSettings):
     )
     # Hides the host's per-step work (scheduling, staging, accounting: ~1.5 ms a step at 256
     # sequences on an H200's host) behind the GPU's; results arrive one step later. The CPU engine
-    # gains nothing, so off by default; on in the GPU pods (components/gpu), where it measured faster
-    # at every level (docs/PERFORMANCE.md). No effect with tensor parallelism.
+    # gains nothing, so off by default; on in the GPU pods (components/gpu), where it served more
+    # tokens per second at every level (docs/PERFORMANCE.md). No effect with tensor parallelism.
     async_scheduling: bool = Field(
         False, description="launch step n+1 before step n's tokens are read back (they stay on the GPU)"
     )

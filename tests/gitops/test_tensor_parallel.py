@@ -39,7 +39,7 @@ def test_gpu_pods_run_the_engine_in_its_own_process_within_the_measured_range(
 ) -> None:
     settings = server_settings(objects[env], monkeypatch)
     assert settings.device == "cuda" and settings.engine_process
-    assert settings.async_scheduling  # measured faster on an H200 at every level (docs/PERFORMANCE.md)
+    assert settings.async_scheduling  # more tok/s at every level on an H200 (docs/PERFORMANCE.md)
     # measured better than the thread up to 64 streams a pod only (docs/PERFORMANCE.md)
     assert settings.max_num_seqs <= 64
 

@@ -14,7 +14,7 @@ import torch
 from r1serve.model.attention import AttentionMetadata, paged_attention
 from r1serve.model.triton_attention import paged_decode_attention
 from r1serve.model_runner import ModelRunner, ScheduledSeq
-from r1serve.packed_step import PackedStep
+from r1serve.packed_step import PackedStep, TokenFeed
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -145,7 +145,7 @@ def test_mixed_step_graphs_match_eager(tiny_model_dir: Path, monkeypatch: pytest
     replayed = []
     run = MixedGraphs.run
 
-    def counted(self: MixedGraphs, step: PackedStep, feed: object = None) -> torch.Tensor:
+    def counted(self: MixedGraphs, step: PackedStep, feed: TokenFeed | None = None) -> torch.Tensor:
         replayed.append(step.num_tokens)
         return run(self, step, feed)
 

@@ -148,7 +148,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
         (32, 8, 128, torch.bfloat16),  # Llama-8B
         (8, 8, 64, torch.float16),  # no GQA
         (4, 2, 16, torch.float32),
-        # float32 at the real tile (16 query rows, 8 warps): exact enough to see one mis-masked position
+        # float32 at the real tile (8 query tokens x 8 padded heads, 4 warps): exact enough to see one
+        # mis-masked position
         (12, 2, 128, torch.float32),
     ],
 )

@@ -87,7 +87,9 @@ class TileConfig:
         group_pad = triton.next_power_of_2(group)
         block_q = min(triton.next_power_of_2(max_query_len), max(1, 64 // group_pad))
         block_q = max(block_q, triton.cdiv(16, group_pad))
-        return TileConfig(block_q=block_q, num_warps=4, num_stages=2)
+        # wider heads (256) keep 8 warps: 4 would spill registers (compiled for sm_90)
+        rows = block_q * group_pad
+        return TileConfig(block_q=block_q, num_warps=8 if rows * head_dim > 64 * 128 else 4, num_stages=2)
 
 
 DECODE_TILE = TileConfig(block_q=1, block_n=64, num_warps=2, num_stages=2)
