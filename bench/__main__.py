@@ -14,13 +14,11 @@ import time
 from pathlib import Path
 
 import torch
-from rich.console import Console
 from rich.table import Table
 
-from bench import engine_cases, hardware, online, peer, plot, shapes
+from bench import console, engine_cases, hardware, online, peer, plot, shapes
 
 CASES = ("peer", "decode", "offline", "coldstart", "online")
-console = Console(width=200)  # logs of device runs keep every digit (a narrow table truncates them)
 
 
 def free_gpu() -> None:

@@ -26,12 +26,9 @@ from pathlib import Path
 import psutil
 import torch
 from r1ops.processes import ServerProcess, free_port
-from rich.console import Console
 from rich.table import Table
 
-from bench import online
-
-console = Console(width=200)
+from bench import console, online
 
 
 class SleepingRunner:

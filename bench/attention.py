@@ -40,13 +40,12 @@ from r1serve.model.triton_attention import (
     paged_decode_attention,
     paged_varlen_attention,
 )
-from rich.console import Console
 from rich.table import Table
 
+from bench import console
 from bench.shapes import SHAPES
 
 PAGE = 16
-console = Console()
 
 
 @dataclass

@@ -32,12 +32,10 @@ from r1serve.checkpoint import RopeConfig
 from r1serve.model import triton_fused
 from r1serve.model.attention import store_kv
 from r1serve.model.rotary import inverse_frequencies
-from rich.console import Console
 from rich.table import Table
 
-from bench import hardware, shapes, triton_gemv
+from bench import console, hardware, shapes, triton_gemv
 
-console = Console()
 DTYPE = torch.bfloat16
 DEVICE = "cuda"
 

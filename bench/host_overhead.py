@@ -31,15 +31,13 @@ import torch
 from r1serve.cuda_graphs import MIXED_GRAPH_TOKENS, stage_decode_inputs, stage_mixed_inputs
 from r1serve.engine.llm_engine import LLMEngine, StepTimes
 from r1serve.model_runner import ModelRunner, ScheduledSeq
-from rich.console import Console
 from rich.table import Table
 
-from bench import engine_cases
+from bench import console, engine_cases
 
 QWEN_VOCAB = 151936  # DeepSeek-R1-Distill-Qwen: the sampler's work grows with it
 BLOCK_SIZE = 16
 MAX_NUM_SEQS = 256
-console = Console()
 
 
 class InstantRunner:

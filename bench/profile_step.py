@@ -21,13 +21,11 @@ from pathlib import Path
 
 import torch
 from r1serve.model_runner import ModelRunner, ScheduledSeq
-from rich.console import Console
 from rich.table import Table
 from torch.profiler import ProfilerActivity, profile
 
-from bench import shapes
+from bench import console, shapes
 
-console = Console()
 FAMILIES = (  # first match wins: kernel-name fragment -> family
     ("_paged_attention", "attention"),
     ("gemm", "matmul"),
