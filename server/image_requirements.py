@@ -9,8 +9,8 @@ import tomllib
 from pathlib import Path
 
 SERVER_DEPENDENCIES = frozenset(
-    {"torch", "fastapi", "uvicorn", "pydantic", "pydantic-settings", "prometheus-client", "tokenizers",
-     "safetensors", "jinja2", "numpy", "rich"}
+    {"torch", "fastapi", "uvicorn", "uvloop", "httptools", "pydantic", "pydantic-settings",
+     "prometheus-client", "tokenizers", "safetensors", "jinja2", "numpy", "rich"}
 )  # fmt: skip
 
 
