@@ -52,7 +52,7 @@ class SleepingRunner:
         pass
 
 
-def stand_in_engine(settings: object, conn: Connection, log_level: int, step_s: float) -> None:
+def stand_in_engine(settings: object, conns: list[Connection], log_level: int, step_s: float) -> None:
     """The engine process's entry point with the stand-in runner in place of the model."""
     from r1serve.checkpoint import load_config
     from r1serve.engine import engine_process
@@ -63,7 +63,7 @@ def stand_in_engine(settings: object, conn: Connection, log_level: int, step_s: 
         return runner, LLMEngine(runner, max_num_seqs=s.max_num_seqs, max_num_batched_tokens=8192)
 
     engine_process.build_engine = build
-    engine_process.engine_main(settings, conn, log_level)
+    engine_process.engine_main(settings, conns, log_level)
 
 
 def serve(model: Path, port: int, streams: int, step_s: float, http: str, loop: str) -> None:

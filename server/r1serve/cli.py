@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from r1serve.config import Settings
+
+if TYPE_CHECKING:
+    from r1serve.engine.engine_child import EngineChild
+
+# processName: with several API processes (`api_servers`) their lines interleave
+LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +47,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         return Settings(**given)
     except ValidationError as exc:
         first = exc.errors()[0]
+        if not first["loc"]:  # a rule across settings
+            message = first["msg"].removeprefix("Value error, ")
+            raise SystemExit(f"r1serve serve: invalid settings: {message}") from None
         where = ".".join(str(p) for p in first["loc"])
         raise SystemExit(f"r1serve serve: invalid setting {where} (--{where.replace('_', '-')} / "
                          f"R1SERVE_{where.upper()}): {first['msg']}") from None  # fmt: skip
@@ -57,14 +68,29 @@ def serve(args: argparse.Namespace) -> int:
     if not settings.model.is_dir():
         print(f"r1serve serve: {settings.model}: not a directory", file=sys.stderr)
         return 1
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    if settings.api_servers > 1:
+        from r1serve.supervisor import supervise
+
+        return supervise(settings)
     engine_child = None
     if settings.engine_process:
         from r1serve.engine.engine_child import start_engine_child
 
         # before the imports below: the engine process imports torch and loads the model meanwhile
         engine_child = start_engine_child(settings)
+    fatal = run_api_server(settings, engine_child)
+    if fatal is not None:
+        print(f"r1serve serve: {fatal}", file=sys.stderr)
+        return 1
+    return 0
 
+
+def run_api_server(
+    settings: Settings, engine_child: EngineChild | None, sock: socket.socket | None = None
+) -> str | None:
+    """Serves HTTP until a drain ends (None) or the engine fails (its one-line message). `sock`: a
+    listening socket shared by several API processes (`api_servers`); else it binds host:port."""
     import uvicorn
 
     from r1serve.api.app import create_app
@@ -89,11 +115,8 @@ def serve(args: argparse.Namespace) -> int:
     )  # fmt: skip
     logging.getLogger("uvicorn.access").addFilter(_quiet_probes)  # after Config: it sets up logging
     server = DrainingServer(config, app.state.server.drain, settings.drain_timeout)
-    server.run()
-    if fatal:
-        print(f"r1serve serve: {fatal[0]}", file=sys.stderr)
-        return 1
-    return 0
+    server.run(sockets=None if sock is None else [sock])
+    return fatal[0] if fatal else None
 
 
 def tiny_model(args: argparse.Namespace) -> int:

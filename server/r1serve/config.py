@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ByteSize, Field, SecretStr, field_validator
+from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -70,6 +70,15 @@ class Settings(BaseSettings):
     async_scheduling: bool = Field(
         False, description="launch step n+1 before step n's tokens are read back (they stay on the GPU)"
     )
+    # One API process spends ~55 us of CPU per streamed token (HTTP, SSE, JSON, detokenising) and is
+    # the bound past ~64 streams on an H200 (docs/PERFORMANCE.md); several share the listening socket
+    # in front of the one engine process, under a supervisor that starts, drains and stops them.
+    api_servers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="HTTP server processes in front of the engine process (needs engine_process)",
+    )
     # The e2e tier's "slow version" (docs/E2E.md): on the CPU engine batching does not change
     # latency, so no real setting makes a version reliably slower than another. Never set in a deployment.
     test_delay_seconds: float = Field(
@@ -81,6 +90,14 @@ class Settings(BaseSettings):
     def _empty_key_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
         # An empty variable in a ConfigMap means "no key", not "the empty key".
         return value if value and value.get_secret_value() else None
+
+    @model_validator(mode="after")
+    def _api_servers_need_the_engine_process(self) -> Settings:
+        if self.api_servers > 1 and not self.engine_process:
+            raise ValueError(
+                "api_servers > 1 needs engine_process=true (an engine thread lives in one process)"
+            )
+        return self
 
     @property
     def model_name(self) -> str:

@@ -5,16 +5,23 @@ code (an ASGI middleware, so 401/404/429/503 count too; probes and scrapes do no
 `inference_latency_seconds` is the end-to-end latency of successful inference requests, streams
 included (measured until the last body byte). The engine gauges are read at scrape time, so they
 are never stale.
+
+With several API processes (`api_servers`, r1serve.supervisor) the supervisor sets
+PROMETHEUS_MULTIPROC_DIR: each process's counters and histograms live in files there, and a scrape,
+whichever process answers it, reports their sum (prometheus-client's multiprocess mode). The
+engine gauges are the engine's own, the same in every process, so they are not summed.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -65,7 +72,9 @@ class Metrics:
     def __init__(self, model_name: str, engine_state: Callable[[], EngineState | None]) -> None:
         self.model_name = model_name
         self.registry = r = CollectorRegistry()
-        prometheus_client.ProcessCollector(registry=r)
+        self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        if not self.multiprocess:  # one API process's CPU and memory would pass for the server's
+            prometheus_client.ProcessCollector(registry=r)
         prometheus_client.PlatformCollector(registry=r)
         label = ["model_name"]
         self.latency = Histogram(
@@ -95,7 +104,8 @@ class Metrics:
             "r1serve_batch_size", "Sequences computed together in one engine step.",
             label, buckets=BATCH_BUCKETS, registry=r,
         )  # fmt: skip
-        r.register(EngineGauges(model_name, engine_state))
+        self.engine_gauges = EngineGauges(model_name, engine_state)
+        r.register(self.engine_gauges)
         # Children exist from the start, so rate() has a zero to start from.
         for metric in (
             self.latency,
@@ -114,7 +124,12 @@ class Metrics:
                 self.requests.labels(model_name, route, code)
 
     def exposition(self) -> bytes:
-        return prometheus_client.generate_latest(self.registry)
+        if not self.multiprocess:
+            return prometheus_client.generate_latest(self.registry)
+        registry = CollectorRegistry()  # every API process's files, summed
+        MultiProcessCollector(registry)
+        registry.register(self.engine_gauges)
+        return prometheus_client.generate_latest(registry)
 
     def observe_request(self, route: str, code: int, seconds: float) -> None:
         self.requests.labels(self.model_name, route, str(code)).inc()

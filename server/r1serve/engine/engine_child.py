@@ -20,13 +20,22 @@ from r1serve.config import Settings
 
 @dataclass
 class EngineChild:
-    """A started engine process and the API process's end of its pipe."""
+    """A started engine process and the API processes' ends of its pipes (one per API process).
 
-    proc: mp.process.BaseProcess
-    conn: Connection
+    `proc` is None in an API process of several (`api_servers` > 1): the supervisor started the engine
+    process and owns it; that API process holds only its pipe."""
+
+    proc: mp.process.BaseProcess | None
+    conns: list[Connection]
+
+    @property
+    def conn(self) -> Connection:
+        (conn,) = self.conns
+        return conn
 
     def kill(self) -> None:
-        kill_if_alive(self.proc)
+        if self.proc is not None:
+            kill_if_alive(self.proc)
 
 
 def kill_if_alive(proc: mp.process.BaseProcess) -> None:
@@ -35,25 +44,27 @@ def kill_if_alive(proc: mp.process.BaseProcess) -> None:
         proc.join()
 
 
-EngineEntry = Callable[[Settings, Connection, int], None]
+EngineEntry = Callable[[Settings, list[Connection], int], None]
 
 
 def start_engine_child(settings: Settings, entry: EngineEntry | None = None) -> EngineChild:
-    """`entry(settings, conn, log_level)` runs in the child: the engine (`engine_main`) unless a
-    benchmark puts a stand-in there (a picklable, module-level callable)."""
+    """`entry(settings, conns, log_level)` runs in the child: the engine (`engine_main`) unless a
+    benchmark puts a stand-in there (a picklable, module-level callable). One pipe per API process
+    (`settings.api_servers`)."""
     ctx = mp.get_context("spawn")
-    conn, child_conn = ctx.Pipe()
+    pipes = [ctx.Pipe() for _ in range(settings.api_servers)]
     # Not a daemon: daemonic processes may not have children, and rank 0 starts the
     # tensor-parallel workers. The child's lifeline ends it with this process instead.
     proc = ctx.Process(
         target=entry or _main,
-        args=(settings, child_conn, logging.getLogger().level),
+        args=(settings, [child_end for _, child_end in pipes], logging.getLogger().level),
         name="r1serve-engine",
         daemon=False,
     )
     proc.start()
-    child_conn.close()  # the child holds the only other end: EOF here means it is gone
-    child = EngineChild(proc, conn)
+    for _, child_end in pipes:
+        child_end.close()  # the child holds the only other ends: EOF here means it is gone
+    child = EngineChild(proc, [end for end, _ in pipes])
     # multiprocessing's exit hook join()s a non-daemon child, which waits for this process to exit:
     # a deadlock whenever this process exits without stopping it (a forced second Ctrl-C, a start-up
     # error before the server adopted it). Finalizers of priority >= 0 run before that join; after a
@@ -62,8 +73,8 @@ def start_engine_child(settings: Settings, entry: EngineEntry | None = None) -> 
     return child
 
 
-def _main(settings: Settings, conn: Connection, log_level: int) -> None:
+def _main(settings: Settings, conns: list[Connection], log_level: int) -> None:
     """The child's entry point: the heavy imports happen here, in the child."""
     from r1serve.engine.engine_process import engine_main
 
-    engine_main(settings, conn, log_level)
+    engine_main(settings, conns, log_level)

@@ -39,8 +39,9 @@ import torch
 
 from r1serve.checkpoint import GenerationDefaults
 from r1serve.config import Settings
+from r1serve.engine.api_pipes import ApiPipes
 from r1serve.engine.async_engine import EngineClient, FailureHook, StepHook
-from r1serve.engine.core import Command, EngineCore, EngineStats, Event
+from r1serve.engine.core import Command, EngineCore
 from r1serve.engine.engine_child import EngineChild, kill_if_alive, start_engine_child
 from r1serve.engine.loader import EngineStartError, build_engine
 from r1serve.tokenizer import Tokenizer
@@ -98,7 +99,8 @@ class EngineProcess(EngineClient):
     # -- start-up (on the loading thread) ------------------------------------------------------------
 
     def launch(self, child: EngineChild | None = None) -> ModelInfo:
-        """Adopts `child` (started early by `r1serve serve`) or starts one, and waits until its model
+        """Adopts `child` (started early by `r1serve serve`, or by the supervisor of several API
+        processes, which then owns it: `child.proc` is None) or starts one, and waits until its model
         is loaded; EngineStartError if it fails."""
         child = child or start_engine_child(self.settings)
         proc, conn = child.proc, child.conn
@@ -106,20 +108,20 @@ class EngineProcess(EngineClient):
         # At exit, before multiprocessing joins the child: it must not be reported as a failure
         Finalize(None, self._abandon, exitpriority=11)
         self._conn = conn
-        if self._stopping:  # stopped while this started it: a non-daemon child would block the exit
+        if self._stopping and proc is not None:  # a non-daemon child would block the exit
             proc.kill()
-        wait([conn, proc.sentinel])
+        wait([conn] if proc is None else [conn, proc.sentinel])
         message = None
         with contextlib.suppress(EOFError, OSError):
             message = conn.recv() if conn.poll() else None
         if message is not None and message[0] == "error":
-            proc.join(STOP_SECONDS)
+            if proc is not None:
+                proc.join(STOP_SECONDS)
             raise EngineStartError(message[1])
         if message is None or message[0] != "ready":
-            proc.join(1.0)
             if self._stopping:
                 raise EngineStartError("the server stopped while the engine process was starting")
-            how = exit_description(proc.exitcode)
+            how = self._exit_description()
             raise EngineStartError(f"the engine process {how} while loading {self.settings.model}")
         sizes: EngineSizes = message[1]
         self.max_model_len, self.block_size = sizes.max_model_len, sizes.block_size
@@ -147,8 +149,8 @@ class EngineProcess(EngineClient):
                 conn.send(command)
 
     def _read(self) -> None:
-        loop, conn, proc = self._loop, self._conn, self.proc
-        assert loop is not None and conn is not None and proc is not None
+        loop, conn = self._loop, self._conn
+        assert loop is not None and conn is not None
         while True:
             try:
                 message = conn.recv()
@@ -160,23 +162,30 @@ class EngineProcess(EngineClient):
                 self.fail(message[1])
         if self._stopping:
             return
-        proc.join(1.0)
-        self.fail(f"the engine process died ({exit_description(proc.exitcode)})")
+        self.fail(f"the engine process died ({self._exit_description()})")
+
+    def _exit_description(self) -> str:
+        if self.proc is None:  # the supervisor's child: only its pipe is known here
+            return "closed its pipe"
+        self.proc.join(1.0)
+        return exit_description(self.proc.exitcode)
 
     # -- shutdown ----------------------------------------------------------------------------------
 
     def _shutdown(self) -> None:
         """Ends the child: a "stop" once it serves (it closes the tensor-parallel workers), a kill while
-        it still loads or if it does not exit in time. Safe before `launch` returned."""
+        it still loads or if it does not exit in time. Safe before `launch` returned. One API process
+        of several only sends its "stop": the supervisor ends the engine process after the last."""
         self._stopping = True
-        proc = self.proc
-        if proc is None:
+        if self._conn is None:
             return
+        proc = self.proc
         if self._ready:
             self._send(("stop",))
-            proc.join(STOP_SECONDS)
-        self._outbox.put(None)
-        if proc.exitcode is None:
+            if proc is not None:
+                proc.join(STOP_SECONDS)
+        self._outbox.put(None)  # the writer sends what is queued (the stop included), then ends
+        if proc is not None and proc.exitcode is None:
             if self._ready:
                 log.warning("the engine process did not exit; killing it")
             kill_if_alive(proc)
@@ -210,48 +219,26 @@ def model_info(settings: Settings, sizes: EngineSizes) -> ModelInfo:
 # -- the child process ---------------------------------------------------------------------------
 
 
-def engine_main(settings: Settings, conn: Connection, log_level: int) -> None:
-    """Entry point of the engine process."""
+def engine_main(settings: Settings, conns: list[Connection], log_level: int) -> None:
+    """Entry point of the engine process: one pipe per API process (`ApiPipes`)."""
     # The API process decides when the engine stops (after draining); a Ctrl-C reaches the whole
     # process group, and must not kill a step under the requests still streaming.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s engine %(name)s: %(message)s")
     start_lifeline()
-    lock = threading.Lock()  # the tensor-parallel monitor thread reports too
-
-    def send(message: tuple) -> None:
-        with lock, contextlib.suppress(OSError):  # the API process is gone; the lifeline ends this one
-            conn.send(message)
-
+    pipes = ApiPipes(conns)
     try:
         runner, engine = build_engine(settings)
     except EngineStartError as exc:
-        send(("error", str(exc)))
+        pipes.send_all(("error", str(exc)))
         raise SystemExit(1) from None
-    runner.on_failure(lambda message: send(("fatal", message)))
-    send(("ready", EngineSizes(
+    runner.on_failure(lambda message: pipes.send_all(("fatal", message)))
+    pipes.send_all(("ready", EngineSizes(
         runner.device, runner.dtype, runner.max_model_len, runner.block_size, runner.num_blocks,
         engine.scheduler.max_num_seqs,
     )))  # fmt: skip
-
-    def receive(block: bool) -> list[Command] | None:
-        commands = []
-        try:
-            if block:
-                commands.append(conn.recv())
-            while conn.poll():
-                commands.append(conn.recv())
-        except (EOFError, OSError):
-            return None  # the API process is gone
-        if any(c[0] == "stop" for c in commands):
-            return None
-        return commands
-
-    def emit(events: list[Event], stats: EngineStats) -> None:
-        send(("step", events, stats))
-
     try:
-        EngineCore(engine).run(receive, emit)
+        EngineCore(engine).run(pipes.receive, pipes.emit)
     finally:
         runner.close()  # tensor parallel: ends the other ranks' processes

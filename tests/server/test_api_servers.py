@@ -1,0 +1,182 @@
+"""Several API processes in front of one engine process (`api_servers=2`, r1serve.supervisor): the
+same tokens as one process, through the official `openai` client, with both processes taking
+connections; metrics that sum every process whichever answers the scrape; a SIGTERM that drains
+them all and exits 0 with no process left; an engine that dies ending everything with one message.
+
+Real servers on the tiny model over HTTP; the API processes and the engine are the supervisor's
+spawn children (the one with a listening socket on the port is an API process).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import psutil
+import pytest
+from r1ops.processes import ServerProcess
+
+pytestmark = pytest.mark.slow
+TWO = {"engine_process": True, "api_servers": 2}
+
+
+def children(server: ServerProcess) -> tuple[list[psutil.Process], psutil.Process]:
+    """The API processes and the engine process."""
+    spawned = [
+        c for c in psutil.Process(server.proc.pid).children() if any("spawn_main" in p for p in c.cmdline())
+    ]
+    api = [c for c in spawned if any(cn.laddr.port == server.port for cn in c.net_connections("tcp"))]
+    (engine,) = [c for c in spawned if c not in api]
+    return api, engine
+
+
+def metric(text: str, name: str) -> float:
+    return float(re.search(rf"^{re.escape(name)}\{{[^}}]*\}} (\S+)$", text, re.M).group(1))
+
+
+def stream(client: openai.OpenAI, model: str, prompt: str, max_tokens: int) -> tuple[str, int, str]:
+    chunks = client.completions.create(
+        model=model, prompt=prompt, max_tokens=max_tokens, temperature=0, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    text, tokens, finish = "", 0, ""
+    for chunk in chunks:
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+        for choice in chunk.choices:
+            text += choice.text
+            finish = choice.finish_reason or finish
+    return text, tokens, finish
+
+
+def test_two_api_processes_give_one_process_tokens_and_both_take_connections(start_server) -> None:
+    one = start_server(engine_process=True)
+    two = start_server(**TWO)
+    api, _ = children(two)
+    assert len(api) == 2
+    prompts = [f"Prompt number {i} says" for i in range(16)]
+    results = {}
+    for server in (one, two):
+        with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0) as client:
+            model = client.models.list().data[0].id
+            # one at a time: a batch's shape may change the rounding, so equal tokens need equal batches
+            results[server.port] = [stream(client, model, p, 12) for p in prompts[:4]]
+    assert results[one.port] == results[two.port]
+    assert all(tokens == 12 and finish == "length" for _, tokens, finish in results[two.port])
+
+    # 16 streams at once, each on its connection: each API process holds some of them
+    held: list[int] = []
+
+    def long_stream(prompt: str) -> tuple[str, int, str]:
+        with openai.OpenAI(base_url=f"{two.base_url}/v1", api_key="unused", max_retries=0) as client:
+            return stream(client, two.model_dir.name, prompt, 400)
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        futures = [pool.submit(long_stream, p) for p in prompts]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and sum(held) < len(prompts):
+            held = [
+                sum(
+                    cn.status == "ESTABLISHED" and cn.laddr.port == two.port
+                    for cn in p.net_connections("tcp")
+                )
+                for p in api
+            ]
+            time.sleep(0.05)
+        done = [f.result(timeout=300) for f in futures]
+    assert sorted(held) != [0, len(prompts)] and sum(held) == len(prompts), held
+    assert all(tokens == 400 and finish == "length" for _, tokens, finish in done)
+
+
+def test_metrics_sum_every_api_process_whichever_answers(start_server) -> None:
+    server = start_server(**TWO)
+    requests, tokens = 10, 6
+    body = {"model": server.model_dir.name, "prompt": "Hi", "max_tokens": tokens, "ignore_eos": True}
+    for _ in range(requests):  # a new connection each: the kernel spreads them over both processes
+        assert httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=60).status_code == 200
+    for _ in range(8):
+        text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+        code_200 = 'inference_requests_total{code="200",model_name="%s",route="/v1/completions"}'
+        assert (
+            float(re.search(re.escape(code_200 % server.model_dir.name) + r" (\S+)", text).group(1))
+            == requests
+        )
+        assert metric(text, "vllm:generation_tokens_total") == requests * tokens
+        # one at a time, one step a token: each step counted once, not once per API process
+        assert metric(text, "r1serve_batch_size_count") == requests * tokens
+        assert metric(text, "vllm:num_requests_running") == 0
+        assert "process_cpu_seconds_total" not in text  # one process's CPU would pass for the server's
+
+
+def test_sigterm_drains_every_api_process_then_exits_zero(start_server) -> None:
+    server = start_server(**TWO)
+    api, engine = children(server)
+    model = server.model_dir.name
+
+    def one(i: int) -> tuple[str, int, str]:
+        with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0) as client:
+            return stream(client, model, f"Drain {i}", 300)
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(one, i) for i in range(8)]
+        deadline = time.monotonic() + 60
+        while metric(httpx.get(f"{server.base_url}/metrics").text, "vllm:num_requests_running") < 8:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        server.terminate()
+        time.sleep(0.5)
+        assert httpx.get(f"{server.base_url}/ready", timeout=10).status_code == 503
+        done = [f.result(timeout=300) for f in futures]
+    assert all(tokens == 300 and finish == "length" for _, tokens, finish in done)
+    assert server.proc.wait(60) == 0
+    _, alive = psutil.wait_procs([*api, engine], timeout=30)
+    assert alive == []
+
+
+def test_engine_dying_ends_every_api_process_with_one_message(start_server, tmp_path: Path) -> None:
+    server = start_server(**TWO)
+    api, engine = children(server)
+    engine.send_signal(signal.SIGKILL)
+    assert server.proc.wait(60) == 1
+    _, alive = psutil.wait_procs(api, timeout=30)
+    assert alive == []
+    log = server.log_path.read_text()
+    fatal = [line for line in log.splitlines() if line.startswith("r1serve serve:")]
+    assert len(fatal) == 1 and "engine process died" in fatal[0], log
+
+
+def test_supervisor_killed_takes_every_process_with_it(start_server) -> None:
+    server = start_server(**TWO)
+    api, engine = children(server)
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(30)
+    _, alive = psutil.wait_procs([*api, engine], timeout=30)
+    assert alive == []
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"R1SERVE_API_SERVERS": "2"}, "needs engine_process=true"),
+        ({"R1SERVE_API_SERVERS": "2", "R1SERVE_ENGINE_PROCESS": "true"}, "config.json"),
+    ],
+    ids=["without-engine-process", "bad-checkpoint"],
+)
+def test_bad_start_exits_with_one_clear_message(tmp_path: Path, env: dict, message: str) -> None:
+    (tmp_path / "m").mkdir()
+    cmd = [sys.executable, "-m", "r1serve.cli", "serve", str(tmp_path / "m"), "--host", "127.0.0.1"]
+    done = subprocess.run(
+        cmd, env=os.environ | env | {"R1SERVE_PORT": "0"}, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    fatal = [line for line in done.stderr.splitlines() if line.startswith("r1serve serve:")]
+    assert len(fatal) == 1 and message in fatal[0], done.stderr
+    assert "Traceback" not in done.stderr
