@@ -66,8 +66,11 @@ def stand_in_engine(settings: object, conns: list[Connection], log_level: int, s
     engine_process.engine_main(settings, conns, log_level)
 
 
-def serve(model: Path, port: int, streams: int, step_s: float, http: str, loop: str) -> None:
-    """The API process: `r1serve serve` with the stand-in engine child."""
+def serve(
+    model: Path, port: int, streams: int, step_s: float, http: str, loop: str, api_servers: int
+) -> None:
+    """The API process (`r1serve serve`), or with `api_servers` > 1 the supervisor and its API
+    processes, with the stand-in engine child."""
     import uvicorn
     from r1serve.api.app import create_app
     from r1serve.config import Settings
@@ -75,13 +78,33 @@ def serve(model: Path, port: int, streams: int, step_s: float, http: str, loop: 
 
     logging.basicConfig(level=logging.WARNING)
     settings = Settings(
-        model=model, engine_process=True, max_num_seqs=streams, device="cpu", served_model_name="bench"
-    )
-    child = start_engine_child(settings, functools.partial(stand_in_engine, step_s=step_s))
+        model=model, engine_process=True, max_num_seqs=streams, device="cpu", served_model_name="bench",
+        host="127.0.0.1", port=port, api_servers=api_servers,
+    )  # fmt: skip
+    entry = functools.partial(stand_in_engine, step_s=step_s)
+    if api_servers > 1:  # the server's own HTTP settings (uvloop, httptools): --http/--loop do not apply
+        from r1serve.supervisor import supervise
+
+        sys.exit(supervise(settings, entry))
+    child = start_engine_child(settings, entry)
     app = create_app(settings, lambda message: sys.exit(message), child)
     uvicorn.run(
         app, host="127.0.0.1", port=port, log_level="warning", http=http, loop=loop, proxy_headers=False
     )
+
+
+def server_processes(top: psutil.Process, port: int) -> dict[str, list[psutil.Process]]:
+    """The API process(es) and the engine process: with one API process it is `top` and the engine its
+    spawn child; with several, `top` is the supervisor and the API processes are the children that
+    listen on the port."""
+    spawned = [c for c in top.children() if any("spawn_main" in part for part in c.cmdline())]
+    api = [c for c in spawned if any(cn.laddr.port == port for cn in c.net_connections("tcp"))]
+    engine = [c for c in spawned if c not in api]
+    return {"API": api or [top], "engine": engine}
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in procs)
 
 
 def main() -> None:
@@ -92,10 +115,15 @@ def main() -> None:
     ap.add_argument("--step-ms", type=float, default=2.0, help="the stand-in GPU step time")
     ap.add_argument("--http", default="auto", help="uvicorn's HTTP implementation: auto, h11, httptools")
     ap.add_argument("--loop", default="auto", help="uvicorn's event loop: auto, asyncio, uvloop")
+    ap.add_argument("--api-servers", type=int, default=1, help="API processes (r1serve.supervisor)")
+    ap.add_argument("--server-log", type=Path, help="the server's output (default: beside the tiny model)")
     ap.add_argument("--serve", nargs=2, metavar=("MODEL", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        serve(Path(args.serve[0]), int(args.serve[1]), args.streams, args.step_ms / 1e3, args.http, args.loop)
+        serve(
+            Path(args.serve[0]), int(args.serve[1]), args.streams, args.step_ms / 1e3, args.http, args.loop,
+            args.api_servers,
+        )  # fmt: skip
         return
 
     from r1serve.tiny_model import write_tiny_model
@@ -112,16 +140,17 @@ def main() -> None:
         args.http,
         "--loop",
         args.loop,
+        "--api-servers",
+        str(args.api_servers),
     ]
-    with open(model / "server.log", "wb") as log:
+    with open(args.server_log or model / "server.log", "wb") as log:
         server = ServerProcess(model, port=port, proc=subprocess.Popen(cmd, stdout=log, stderr=log))
     try:
         server.wait_ready(120)
-        api = psutil.Process(server.proc.pid)
-        procs = {"API": api, "engine": api.children()[-1]}
-        before = {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}
+        procs = server_processes(psutil.Process(server.proc.pid), port)
+        before = {name: cpu_seconds(ps) for name, ps in procs.items()}
         run = online.run_level(server.base_url, "bench", args.streams, args.requests, 200, args.tokens)
-        used = {name: sum(p.cpu_times()[:2]) - before[name] for name, p in procs.items()}
+        used = {name: cpu_seconds(ps) - before[name] for name, ps in procs.items()}
         used["client"] = run.client_cpu
         cpu = used["API"]
     finally:
@@ -129,10 +158,10 @@ def main() -> None:
     row = online.summarise(args.streams, run)
     tokens = row["output_tok_s"] * run.wall
     table = Table(
-        title=f"API process ({args.http} HTTP, {args.loop} loop), {args.streams} streams, "
-        f"stand-in step {args.step_ms} ms"
+        title=f"{args.api_servers} API process(es) ({args.http} HTTP, {args.loop} loop), {args.streams} "
+        f"streams, stand-in step {args.step_ms} ms"
     )
-    columns = ("output tok/s", "API CPU µs / token", "CPU share: API / engine / client", "ITL P50 ms")
+    columns = ("output tok/s", "API CPU µs / token", "CPU share: API (all) / engine / client", "ITL P50 ms")
     for key in (*columns, "ITL P99 ms", "errors"):
         table.add_column(key, justify="right")
     table.add_row(

@@ -33,7 +33,7 @@ from multiprocessing.connection import wait
 from types import FrameType
 
 from r1serve.config import Settings
-from r1serve.engine.engine_child import EngineChild, kill_if_alive, start_engine_child
+from r1serve.engine.engine_child import EngineChild, EngineEntry, kill_if_alive, start_engine_child
 
 log = logging.getLogger(__name__)
 STOP_SECONDS = 30.0  # the engine's exit after the last API process stopped; then it is killed
@@ -51,8 +51,9 @@ def reuseport_socket(host: str, port: int, *, listen: bool) -> socket.socket:
     return sock
 
 
-def supervise(settings: Settings) -> int:
-    """Runs the engine process and `settings.api_servers` API processes until they have all stopped."""
+def supervise(settings: Settings, engine_entry: EngineEntry | None = None) -> int:
+    """Runs the engine process and `settings.api_servers` API processes until they have all stopped.
+    `engine_entry`: a stand-in for the engine (a benchmark's; see `start_engine_child`)."""
     # Before any API process starts: prometheus-client reads it when first imported.
     metrics_dir = tempfile.mkdtemp(prefix="r1serve-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
@@ -64,7 +65,9 @@ def supervise(settings: Settings) -> int:
             return 1
         with held:
             port = held.getsockname()[1]
-            return _run(settings.model_copy(update={"port": port}), start_engine_child(settings))
+            return _run(
+                settings.model_copy(update={"port": port}), start_engine_child(settings, engine_entry)
+            )
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 

@@ -25,7 +25,10 @@ import pytest
 from r1ops.processes import ServerProcess
 
 pytestmark = pytest.mark.slow
-TWO = {"engine_process": True, "api_servers": 2}
+# The CPU engine on a GPU machine too: what is tested is the processes, and two servers on one GPU
+# would size their KV caches against each other (the GPU engine process: test_engine_process.py).
+CPU = {"device": "cpu", "dtype": "float32"}
+TWO = {"engine_process": True, "api_servers": 2, **CPU}
 
 
 def children(server: ServerProcess) -> tuple[list[psutil.Process], psutil.Process]:
@@ -58,7 +61,7 @@ def stream(client: openai.OpenAI, model: str, prompt: str, max_tokens: int) -> t
 
 
 def test_two_api_processes_give_one_process_tokens_and_both_take_connections(start_server) -> None:
-    one = start_server(engine_process=True)
+    one = start_server(engine_process=True, **CPU)
     two = start_server(**TWO)
     api, _ = children(two)
     assert len(api) == 2
