@@ -58,6 +58,10 @@ def stand_in_engine(settings: object, conns: list[Connection], log_level: int, s
     from r1serve.engine import engine_process
     from r1serve.engine.llm_engine import LLMEngine
 
+    # The sampler runs on the CPU here: with torch's default of a thread per core it took 14 of a
+    # 16-core GPU host's cores and was the bottleneck (2k tok/s), not the API process it measures.
+    torch.set_num_threads(1)
+
     def build(s: object) -> tuple[SleepingRunner, LLMEngine]:
         runner = SleepingRunner(load_config(s.model).vocab_size, step_s, s.max_model_len or 4096)
         return runner, LLMEngine(runner, max_num_seqs=s.max_num_seqs, max_num_batched_tokens=8192)
