@@ -91,8 +91,8 @@ def _run(settings: Settings, engine: EngineChild) -> int:
     for conn in engine.conns:
         conn.close()
     log.info(
-        "%d API processes on %s:%d in front of the engine process",
-        len(workers), settings.host, settings.port,
+        "API processes (pids %s) on %s:%d in front of the engine process (pid %d)",
+        ", ".join(str(w.pid) for w in workers), settings.host, settings.port, engine.proc.pid,
     )  # fmt: skip
 
     def forward(sig: int, _: FrameType | None) -> None:
