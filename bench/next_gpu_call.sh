@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The next GPU call, ready to run (~7 minutes of a 10-minute call): what session 5 could not run.
-#   run: bash bench/next_gpu_call.sh   kind: nvidia-h200-x2 (or nvidia-h200: the two-GPU tests then
-#   skip themselves)   carry: [".whl"]
-# 1. Tensor parallel on two GPUs with session 5's attention launch shapes (last passed in session 4).
-# 2. The thread mode (engine_process=false, the server's default outside the GPU pods) beside the
-#    engine process, both with async scheduling, 8 requests a stream (steadier P99s).
-# 3. The API process's CPU per streamed token on that machine's server-class cores (no GPU needed;
-#    measured so far on the 2-core development VM only), at 64 and 128 streams.
+# The next GPU call, ready to run (~7 minutes of a 10-minute call): what session 6 could not run.
+#   run: bash bench/next_gpu_call.sh   kind: nvidia-h200   carry: [".whl"]
+# 1. Cold start with an empty Triton cache, then a warm one (2 API processes, as the GPU pods run):
+#    a new pod starts with an empty cache (TRITON_CACHE_DIR is on its /tmp emptyDir); the first server
+#    on a fresh machine took 24-31 s to /ready in session 6, later ones 13-17 s, never separated.
+# 2. The prompt-chunk cap (max_prefill_tokens_when_decoding) 256 vs 512 now that two API processes
+#    took the API's bursts out of the ITL tail: 256 gave ITL P99 9.5 ms with one API process.
+# 3. The whole bench on the final code with the GPU pods' settings (decode, offline, cold start, online).
 set -u
 cd "$(dirname "$0")/.."
 source bench/part.sh
@@ -14,16 +14,22 @@ nvidia-smi -L
 bash bench/device.sh true > /dev/null
 bash bench/device.sh python3 -c "from pathlib import Path; from bench.shapes import write_checkpoint; \
 write_checkpoint(Path('/tmp/bench-1.5b'), '1.5b')" > /dev/null
-PT="python3 -m pytest -v -s -p no:cacheprovider -p gpu_instafail"
-R1_DUMP_AFTER=150 part tp 170 bash bench/device.sh $PT tests/server/test_tensor_parallel.py -k "two_gpus"
-export R1SERVE_ASYNC_SCHEDULING=true
-for mode in true false; do
-  R1SERVE_ENGINE_PROCESS=$mode CUDA_VISIBLE_DEVICES=0 part "process_$mode" 150 bash bench/device.sh \
-    python3 -m bench --shape 1.5b --cases online --levels 32,64,128 --requests-per-stream 8 --out "$OUT/process_$mode"
+export R1SERVE_ENGINE_PROCESS=true R1SERVE_ASYNC_SCHEDULING=true R1SERVE_API_SERVERS=2
+# first on the machine (libraries read from disk, the default cache empty), then with the libraries
+# in the page cache and an empty Triton cache, then with that cache warm
+part cold_first 90 bash bench/device.sh python3 -m bench --shape 1.5b --cases coldstart --out "$OUT/cold_first"
+for cache in empty warm; do
+  TRITON_CACHE_DIR=/tmp/triton-fresh part "cold_$cache" 90 bash bench/device.sh \
+    python3 -m bench --shape 1.5b --cases coldstart --out "$OUT/cold_$cache"
 done
-for streams in 64 128; do
-  part "api_$streams" 90 bash bench/device.sh python3 -m bench.api_overhead --streams "$streams" --requests 1024
+for cap in 256 512; do
+  R1SERVE_MAX_PREFILL_TOKENS_WHEN_DECODING=$cap part "cap$cap" 90 bash bench/device.sh \
+    python3 -m bench --shape 1.5b --cases online --levels 64,128 --requests-per-stream 8 --out "$OUT/cap$cap"
 done
-# only a few files come back from a call: keep the JSONs and logs
-rm -f "$OUT"/*/server.log "$OUT"/*/*.png
+part full 200 bash bench/device.sh python3 -m bench --shape 1.5b --cases decode,offline,coldstart,online \
+  --levels 1,8,32,64,128,256 --out "$OUT/full"
+grep -h "cold start" "$OUT"/cold_*.log
+for f in cap256 cap512 full; do grep -v httpx "$OUT/$f.log" | grep -A10 "online: streaming" | grep "│"; done
+# only a few files come back from a call: keep the JSONs
+rm -f "$OUT"/*/server.log "$OUT"/*/*.png "$OUT"/cold_*.log "$OUT"/cap*.log
 ls -R "$OUT"
