@@ -52,7 +52,9 @@ class SleepingRunner:
         pass
 
 
-def stand_in_engine(settings: object, conns: list[Connection], log_level: int, step_s: float) -> None:
+def stand_in_engine(
+    settings: object, conns: list[Connection], log_level: int, ready: object, step_s: float
+) -> None:
     """The engine process's entry point with the stand-in runner in place of the model."""
     from r1serve.checkpoint import load_config
     from r1serve.engine import engine_process
@@ -67,7 +69,7 @@ def stand_in_engine(settings: object, conns: list[Connection], log_level: int, s
         return runner, LLMEngine(runner, max_num_seqs=s.max_num_seqs, max_num_batched_tokens=8192)
 
     engine_process.build_engine = build
-    engine_process.engine_main(settings, conns, log_level)
+    engine_process.engine_main(settings, conns, log_level, ready)
 
 
 def serve(

@@ -63,15 +63,22 @@ class ServerProcess:
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        # Several API processes (api_servers) each answer some probes: ready when a few in a row
+        # (each on a new connection, so spread over them) say so.
+        needed = 8 if int(self.settings.get("api_servers", 1)) > 1 else 1
+        in_a_row = 0
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"r1serve exited with {self.proc.returncode} before it was ready")
             try:
-                if httpx.get(f"{self.base_url}/ready", timeout=2).status_code == 200:
-                    return
+                ok = httpx.get(f"{self.base_url}/ready", timeout=2).status_code == 200
             except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+                ok = False
+            in_a_row = in_a_row + 1 if ok else 0
+            if in_a_row >= needed:
+                return
+            if not ok:
+                time.sleep(0.2)
         raise TimeoutError(f"r1serve at {self.base_url} not ready after {timeout:.0f}s")
 
     def terminate(self) -> None:

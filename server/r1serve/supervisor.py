@@ -14,13 +14,19 @@ process's counters and histograms; the engine gauges are the engine's, the same 
 Signals: the API processes run in process groups of their own, and the supervisor forwards what it
 gets (a pod's SIGTERM, or a terminal's Ctrl-C: a second one forces the exit, as with one process).
 Each drains on its own and sends the engine its "stop"; the engine process exits after the last
-one. One API process that fails (an engine that died, a bug) ends the others (SIGTERM: they drain)
-and the supervisor exits 1 with the failure's one-line message. The supervisor killed outright:
-the engine process's lifeline ends it, and the API processes exit on their own lifelines.
+one (an engine still loading is killed). An API process that a forwarded signal ends before it
+could handle it (still importing) has stopped, not failed. One API process that fails (an engine
+that died, a bug) ends the others (SIGTERM: they drain) and the supervisor exits 1 with the
+failure's one-line message. The supervisor killed outright: the engine process's lifeline ends it,
+and the API processes exit on their own lifelines.
+
+A probe reaches one API process, whichever the kernel picks; they all turn ready on the engine's
+one "ready" message, each once its tokenizer has loaded, so within moments of each other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -41,9 +47,11 @@ STOP_SECONDS = 30.0  # the engine's exit after the last API process stopped; the
 
 def reuseport_socket(host: str, port: int, *, listen: bool) -> socket.socket:
     """Bound with SO_REUSEPORT; the supervisor's own is not listening: it holds the port (0 picks one)
-    and checks that it is free before anything starts, and receives no connections."""
+    and checks that it is free before anything starts, and receives no connections. SO_REUSEADDR as
+    uvicorn's own sockets have it: a port whose old connections are in TIME_WAIT is free to bind."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     if listen:
@@ -54,6 +62,8 @@ def reuseport_socket(host: str, port: int, *, listen: bool) -> socket.socket:
 def supervise(settings: Settings, engine_entry: EngineEntry | None = None) -> int:
     """Runs the engine process and `settings.api_servers` API processes until they have all stopped.
     `engine_entry`: a stand-in for the engine (a benchmark's; see `start_engine_child`)."""
+    supervisor = Supervisor()
+    previous = {sig: signal.signal(sig, supervisor.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     # Before any API process starts: prometheus-client reads it when first imported.
     metrics_dir = tempfile.mkdtemp(prefix="r1serve-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
@@ -65,67 +75,78 @@ def supervise(settings: Settings, engine_entry: EngineEntry | None = None) -> in
             return 1
         with held:
             port = held.getsockname()[1]
-            return _run(
-                settings.model_copy(update={"port": port}), start_engine_child(settings, engine_entry)
-            )
-    finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-
-
-def _run(settings: Settings, engine: EngineChild) -> int:
-    assert engine.proc is not None
-    ctx = mp.get_context("spawn")
-    failures: mp.SimpleQueue = ctx.SimpleQueue()
-    level = logging.getLogger().level
-    workers = [
-        ctx.Process(
-            target=_api_process,
-            args=(settings, EngineChild(None, [conn]), failures, level),
-            name=f"r1serve-api-{k}",
-        )
-        for k, conn in enumerate(engine.conns)
-    ]
-    for worker in workers:
-        worker.start()
-    # The API processes hold these now: a pipe whose API process is gone must read as EOF.
-    for conn in engine.conns:
-        conn.close()
-    log.info(
-        "API processes (pids %s) on %s:%d in front of the engine process (pid %d)",
-        ", ".join(str(w.pid) for w in workers), settings.host, settings.port, engine.proc.pid,
-    )  # fmt: skip
-
-    def forward(sig: int, _: FrameType | None) -> None:
-        for worker in workers:
-            if worker.exitcode is None and worker.pid is not None:
-                os.kill(worker.pid, sig)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        failed = False
-        running = list(workers)
-        while running:
-            wait([w.sentinel for w in running])
-            for worker in [w for w in running if w.exitcode is not None]:
-                running.remove(worker)
-                if worker.exitcode != 0 and not failed:
-                    failed = True
-                    log.error("%s exited with %s: stopping the others", worker.name, worker.exitcode)
-                    forward(signal.SIGTERM, None)
+            engine = start_engine_child(settings, engine_entry)
+            return supervisor.run(settings.model_copy(update={"port": port}), engine)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        engine.proc.join(STOP_SECONDS)
-        if engine.proc.exitcode is None:
-            log.warning("the engine process did not exit; killing it")
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+class Supervisor:
+    def __init__(self) -> None:
+        self.workers: list[mp.process.BaseProcess] = []
+        self.forwarded: set[int] = set()  # signals sent on: an API process they end is not a failure
+
+    def on_signal(self, sig: int, _: FrameType | None = None) -> None:
+        self.forwarded.add(sig)
+        for worker in self.workers:
+            if worker.exitcode is None and worker.pid is not None:
+                # it may have exited since exitcode was read
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, sig)
+
+    def run(self, settings: Settings, engine: EngineChild) -> int:
+        assert engine.proc is not None and engine.ready is not None
+        ctx = mp.get_context("spawn")
+        failures: mp.SimpleQueue = ctx.SimpleQueue()
+        level = logging.getLogger().level
+        for k, conn in enumerate(engine.conns):
+            worker = ctx.Process(
+                target=_api_process,
+                args=(settings, EngineChild(None, [conn]), failures, level),
+                name=f"r1serve-api-{k}",
+            )
+            worker.start()
+            self.workers.append(worker)
+        # The API processes hold these now: a pipe whose API process is gone must read as EOF.
+        for conn in engine.conns:
+            conn.close()
+        log.info(
+            "API processes (pids %s) on %s:%d in front of the engine process (pid %d)",
+            ", ".join(str(w.pid) for w in self.workers), settings.host, settings.port, engine.proc.pid,
+        )  # fmt: skip
+        for sig in sorted(self.forwarded):  # came while they were starting
+            self.on_signal(sig)
+        failed = False
+        try:
+            running = list(self.workers)
+            while running:
+                wait([w.sentinel for w in running])
+                for worker in [w for w in running if w.exitcode is not None]:
+                    running.remove(worker)
+                    code = worker.exitcode
+                    # killed by a signal sent on before it could handle it (still importing): a stop
+                    if code != 0 and -code not in self.forwarded and not failed:
+                        failed = True
+                        log.error("%s exited with %s: stopping the others", worker.name, code)
+                        self.on_signal(signal.SIGTERM)
+        finally:
+            # A loaded engine exits after the last API process's "stop"; one still loading never
+            # reads its pipes until loaded (minutes for a large model): it is killed.
+            if engine.ready.is_set():
+                engine.proc.join(STOP_SECONDS)
+                if engine.proc.exitcode is None:
+                    log.warning("the engine process did not exit; killing it")
             kill_if_alive(engine.proc)
-    messages = []
-    while not failures.empty():
-        if (message := failures.get()) not in messages:
-            messages.append(message)
-    for message in messages:
-        print(f"r1serve serve: {message}", file=sys.stderr)
-    return 1 if failed or messages else 0
+        messages = []
+        while not failures.empty():
+            if (message := failures.get()) not in messages:
+                messages.append(message)
+        for message in messages:
+            print(f"r1serve serve: {message}", file=sys.stderr)
+        return 1 if failed or messages else 0
 
 
 def _api_process(settings: Settings, engine: EngineChild, failures: mp.SimpleQueue, log_level: int) -> None:

@@ -1,6 +1,7 @@
 """The engine process's side of several API processes' pipes (r1serve.engine.api_pipes), over real
 multiprocessing pipes in one process: ids made unique per API process and mapped back, each
-process's events and add count, the batch counted once, and a stop that waits for the last one."""
+process's events and add count, the batch counted once, a stop that waits for the last one, and the
+requests of one that went aborted. And the API side's share of the queue limit."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import multiprocessing as mp
 
 import pytest
 from r1serve.engine.api_pipes import ApiPipes
+from r1serve.engine.async_engine import EngineClient, QueueFull
 from r1serve.engine.core import EngineStats
 from r1serve.engine.sequence import SamplingParams
 
@@ -68,3 +70,50 @@ def test_one_api_process_keeps_its_ids_and_stats() -> None:
     stats = EngineStats(batch_size=1, num_added=1)
     engine.emit([(9, 4, None, None)], stats)
     assert api.recv() == ("step", [(9, 4, None, None)], stats)
+
+
+def test_an_api_process_that_goes_leaves_no_request_running_and_another_counts_the_batch() -> None:
+    engine, api = pipes(3)
+    for request_id in (0, 1, 2):
+        api[1].send(add(request_id))
+    assert [c[1] for c in engine.receive(block=True)] == [1, 4, 7]
+    engine.emit([(4, 5, "stop", None)], EngineStats())  # its request 1 finished; 0 and 2 still run
+    api[1].recv(), api[2].recv()
+    api[0].send(("stop",))
+    api[1].close()  # gone: a crash, or a forced exit with streams in flight
+    assert engine.receive(block=True) == [("abort", 1), ("abort", 7)]  # nobody reads them any more
+    engine.emit([], EngineStats(batch_size=7))
+    assert api[2].recv()[2].batch_size == 7  # with 0 gone, the next counts the batch
+
+
+class Recorded(EngineClient):
+    """The API side's admission arithmetic with the commands kept here instead of sent to an engine."""
+
+    max_model_len, num_blocks, block_size, max_num_seqs = 4096, 1024, 16, 4
+
+    def __init__(self, api_servers: int) -> None:
+        super().__init__(max_queue=10)
+        self.api_servers = api_servers
+        self.sent: list = []
+        self.stats = EngineStats(running=4)  # every running slot taken: new requests wait
+
+    def _send(self, command: tuple) -> None:
+        self.sent.append(command)
+
+
+def admitted(client: EngineClient) -> int:
+    for n in range(100):
+        try:
+            client.add_request([1, 2, 3], SamplingParams(), frozenset())
+        except QueueFull:
+            return n
+    return 100
+
+
+def test_api_processes_share_the_queue_limit() -> None:
+    assert admitted(Recorded(api_servers=1)) == 10
+    # two processes, each before the engine has seen any of them: together about max_queue, not twice it
+    assert [admitted(Recorded(api_servers=2)) for _ in range(2)] == [5, 5]
+    shared = Recorded(api_servers=2)
+    shared.stats = EngineStats(running=4, waiting=6)  # the engine already holds 6 waiting, from either
+    assert admitted(shared) == 2

@@ -1,7 +1,8 @@
 """Several API processes in front of one engine process (`api_servers=2`, r1serve.supervisor): the
 same tokens as one process, through the official `openai` client, with both processes taking
 connections; metrics that sum every process whichever answers the scrape; a SIGTERM that drains
-them all and exits 0 with no process left; an engine that dies ending everything with one message.
+them all and exits 0 with no process left, or during start-up stops them at once; an engine that
+dies ending everything with one message; a supervisor killed outright taking them all with it.
 
 Real servers on the tiny model over HTTP; the API processes and the engine are the supervisor's
 spawn children (the one with a listening socket on the port is an API process).
@@ -101,11 +102,19 @@ def test_two_api_processes_give_one_process_tokens_and_both_take_connections(sta
 
 def test_metrics_sum_every_api_process_whichever_answers(start_server) -> None:
     server = start_server(**TWO)
-    requests, tokens = 10, 6
+    requests, tokens = 20, 6
     body = {"model": server.model_dir.name, "prompt": "Hi", "max_tokens": tokens, "ignore_eos": True}
-    for _ in range(requests):  # a new connection each: the kernel spreads them over both processes
+    # a new connection each: the kernel spreads them over both processes (all on one: p = 2^-19)
+    for _ in range(requests):
         assert httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=60).status_code == 200
-    for _ in range(8):
+    # the last step's stats reach the process that counts it on its own schedule: wait for them
+    deadline = time.monotonic() + 30
+    while (
+        metric(httpx.get(f"{server.base_url}/metrics").text, "r1serve_batch_size_count") < requests * tokens
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    for _ in range(16):  # scrapes on new connections too: both processes answer some (p = 1 - 2^-15)
         text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
         code_200 = 'inference_requests_total{code="200",model_name="%s",route="/v1/completions"}'
         assert (
@@ -154,6 +163,29 @@ def test_engine_dying_ends_every_api_process_with_one_message(start_server, tmp_
     log = server.log_path.read_text()
     fatal = [line for line in log.splitlines() if line.startswith("r1serve serve:")]
     assert len(fatal) == 1 and "engine process died" in fatal[0], log
+
+
+def test_sigterm_while_the_engine_loads_stops_everything_at_once(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The API processes are still importing and the engine loading: the forwarded signal ends them
+    (a stop, not a failure), and the engine, which never became ready to read a stop, is killed
+    rather than waited for. Bounded by the wait (shorter than the supervisor's 30 s for a loaded
+    engine to stop), not timed."""
+    server = ServerProcess(tiny_model_dir, settings=TWO, log_path=tmp_path / "server.log")
+    with pytest.raises(TimeoutError):
+        server.start(ready_timeout=0.5)
+    try:
+        time.sleep(0.5)
+        procs = psutil.Process(server.proc.pid).children(recursive=True)
+        server.terminate()
+        assert server.proc.wait(20) == 0
+        _, alive = psutil.wait_procs(procs, timeout=10)
+        assert alive == []
+    finally:
+        server.proc.kill()
+    log = server.log_path.read_text()
+    assert "stopping the others" not in log and "r1serve serve:" not in log, log
 
 
 def test_supervisor_killed_takes_every_process_with_it(start_server) -> None:

@@ -7,14 +7,14 @@ included (measured until the last body byte). The engine gauges are read at scra
 are never stale.
 
 With several API processes (`api_servers`, r1serve.supervisor) the supervisor sets
-PROMETHEUS_MULTIPROC_DIR: each process's counters and histograms live in files there, and a scrape,
+PROMETHEUS_MULTIPROC_DIR to a fresh directory: each process's counters and histograms live in files
+there (prometheus-client writes them whenever the variable is set), and a scrape,
 whichever process answers it, reports their sum (prometheus-client's multiprocess mode). The
 engine gauges are the engine's own, the same in every process, so they are not summed.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable
 
@@ -69,10 +69,12 @@ class EngineGauges(Collector):
 
 
 class Metrics:
-    def __init__(self, model_name: str, engine_state: Callable[[], EngineState | None]) -> None:
+    def __init__(
+        self, model_name: str, engine_state: Callable[[], EngineState | None], multiprocess: bool = False
+    ) -> None:
         self.model_name = model_name
         self.registry = r = CollectorRegistry()
-        self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        self.multiprocess = multiprocess  # one of several API processes: scrapes sum their files
         if not self.multiprocess:  # one API process's CPU and memory would pass for the server's
             prometheus_client.ProcessCollector(registry=r)
         prometheus_client.PlatformCollector(registry=r)

@@ -35,7 +35,7 @@ class ServerState:
         self.model_name = settings.model_name
         self.on_fatal = on_fatal
         self.drain = Drain()
-        self.metrics = Metrics(self.model_name, self._engine_state)
+        self.metrics = Metrics(self.model_name, self._engine_state, multiprocess=settings.api_servers > 1)
         # once loaded: the ModelRunner, or with an engine process its ModelInfo (tokenizer, sizes)
         self.runner = None
         self.engine: EngineClient | None = None

@@ -93,6 +93,7 @@ class EngineClient:
     num_blocks: int
     block_size: int
     max_num_seqs: int
+    api_servers = 1  # API processes sharing the engine (EngineProcess): each takes its share of the queue
 
     def __init__(
         self, *, max_queue: int, on_step: StepHook | None = None, on_failure: FailureHook | None = None
@@ -146,9 +147,12 @@ class EngineClient:
     ) -> RequestStream:
         """Queue a request; raises RequestRejected (never servable) or QueueFull (retry later)."""
         check_prompt(len(prompt_token_ids), self.max_model_len, self.num_blocks, self.block_size)
-        # Requests on their way may be about to take free running slots: only the excess waits.
-        free_slots = self.max_num_seqs - self.num_running
-        if self.num_waiting - max(free_slots, 0) >= self.max_queue:
+        # Requests on their way may be about to take free running slots: only the excess waits. With
+        # several API processes the engine's queue is shared and each sees only its own requests in
+        # transit: it counts the others' as many as its own, so together they stop near max_queue.
+        in_transit = self._num_submitted - self.stats.num_added
+        free_slots = max(self.max_num_seqs - self.num_running, 0)
+        if self.stats.waiting + self.api_servers * in_transit - free_slots >= self.max_queue:
             raise QueueFull(f"{self.num_waiting} requests are already waiting")
         stream = RequestStream(self, next(self._ids))
         if self._failure is not None:

@@ -13,6 +13,7 @@ import multiprocessing as mp
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
 from multiprocessing.util import Finalize
 
 from r1serve.config import Settings
@@ -27,6 +28,7 @@ class EngineChild:
 
     proc: mp.process.BaseProcess | None
     conns: list[Connection]
+    ready: Event | None = None  # set by the engine process once its model is loaded
 
     @property
     def conn(self) -> Connection:
@@ -44,27 +46,29 @@ def kill_if_alive(proc: mp.process.BaseProcess) -> None:
         proc.join()
 
 
-EngineEntry = Callable[[Settings, list[Connection], int], None]
+EngineEntry = Callable[[Settings, list[Connection], int, Event], None]
 
 
 def start_engine_child(settings: Settings, entry: EngineEntry | None = None) -> EngineChild:
-    """`entry(settings, conns, log_level)` runs in the child: the engine (`engine_main`) unless a
-    benchmark puts a stand-in there (a picklable, module-level callable). One pipe per API process
-    (`settings.api_servers`)."""
+    """`entry(settings, conns, log_level, ready)` runs in the child: the engine (`engine_main`) unless
+    a benchmark puts a stand-in there (a picklable, module-level callable). One pipe per API process
+    (`settings.api_servers`); `ready` is set once the model is loaded (the supervisor of several API
+    processes reads it: only a loaded engine gets a "stop" to wait for)."""
     ctx = mp.get_context("spawn")
     pipes = [ctx.Pipe() for _ in range(settings.api_servers)]
+    ready = ctx.Event()
     # Not a daemon: daemonic processes may not have children, and rank 0 starts the
     # tensor-parallel workers. The child's lifeline ends it with this process instead.
     proc = ctx.Process(
         target=entry or _main,
-        args=(settings, [child_end for _, child_end in pipes], logging.getLogger().level),
+        args=(settings, [child_end for _, child_end in pipes], logging.getLogger().level, ready),
         name="r1serve-engine",
         daemon=False,
     )
     proc.start()
     for _, child_end in pipes:
         child_end.close()  # the child holds the only other ends: EOF here means it is gone
-    child = EngineChild(proc, [end for end, _ in pipes])
+    child = EngineChild(proc, [end for end, _ in pipes], ready)
     # multiprocessing's exit hook join()s a non-daemon child, which waits for this process to exit:
     # a deadlock whenever this process exits without stopping it (a forced second Ctrl-C, a start-up
     # error before the server adopted it). Finalizers of priority >= 0 run before that join; after a
@@ -73,8 +77,8 @@ def start_engine_child(settings: Settings, entry: EngineEntry | None = None) -> 
     return child
 
 
-def _main(settings: Settings, conns: list[Connection], log_level: int) -> None:
+def _main(settings: Settings, conns: list[Connection], log_level: int, ready: Event) -> None:
     """The child's entry point: the heavy imports happen here, in the child."""
     from r1serve.engine.engine_process import engine_main
 
-    engine_main(settings, conns, log_level)
+    engine_main(settings, conns, log_level, ready)

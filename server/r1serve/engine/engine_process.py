@@ -33,6 +33,7 @@ import signal
 import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from multiprocessing.synchronize import Event
 from multiprocessing.util import Finalize
 
 import torch
@@ -88,6 +89,7 @@ class EngineProcess(EngineClient):
     ) -> None:
         super().__init__(max_queue=max_queue, on_step=on_step, on_failure=on_failure)
         self.settings = settings
+        self.api_servers = settings.api_servers
         self.proc: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._outbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()  # None ends the writer
@@ -219,8 +221,11 @@ def model_info(settings: Settings, sizes: EngineSizes) -> ModelInfo:
 # -- the child process ---------------------------------------------------------------------------
 
 
-def engine_main(settings: Settings, conns: list[Connection], log_level: int) -> None:
-    """Entry point of the engine process: one pipe per API process (`ApiPipes`)."""
+def engine_main(
+    settings: Settings, conns: list[Connection], log_level: int, ready: Event | None = None
+) -> None:
+    """Entry point of the engine process: one pipe per API process (`ApiPipes`); `ready` is set once
+    the model is loaded."""
     # The API process decides when the engine stops (after draining); a Ctrl-C reaches the whole
     # process group, and must not kill a step under the requests still streaming.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -238,6 +243,8 @@ def engine_main(settings: Settings, conns: list[Connection], log_level: int) -> 
         runner.device, runner.dtype, runner.max_model_len, runner.block_size, runner.num_blocks,
         engine.scheduler.max_num_seqs,
     )))  # fmt: skip
+    if ready is not None:
+        ready.set()
     try:
         EngineCore(engine).run(pipes.receive, pipes.emit)
     finally:
