@@ -89,8 +89,8 @@ def serve(args: argparse.Namespace) -> int:
 def run_api_server(
     settings: Settings, engine_child: EngineChild | None, sock: socket.socket | None = None
 ) -> str | None:
-    """Serves HTTP until a drain ends (None) or the engine fails (its one-line message). `sock`: a
-    listening socket shared by several API processes (`api_servers`); else it binds host:port."""
+    """Serves HTTP until a drain ends (None) or the engine fails (its one-line message). `sock`: this
+    API process's listening socket when there are several (`api_servers`); else it binds host:port."""
     import uvicorn
 
     from r1serve.api.app import create_app

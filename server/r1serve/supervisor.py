@@ -39,10 +39,15 @@ from multiprocessing.connection import wait
 from types import FrameType
 
 from r1serve.config import Settings
-from r1serve.engine.engine_child import EngineChild, EngineEntry, kill_if_alive, start_engine_child
+from r1serve.engine.engine_child import (
+    STOP_SECONDS,
+    EngineChild,
+    EngineEntry,
+    kill_if_alive,
+    start_engine_child,
+)
 
 log = logging.getLogger(__name__)
-STOP_SECONDS = 30.0  # the engine's exit after the last API process stopped; then it is killed
 
 
 def reuseport_socket(host: str, port: int, *, listen: bool) -> socket.socket:

@@ -18,6 +18,8 @@ from multiprocessing.util import Finalize
 
 from r1serve.config import Settings
 
+STOP_SECONDS = 30.0  # the engine process's clean exit after its last "stop"; then it is killed
+
 
 @dataclass
 class EngineChild:

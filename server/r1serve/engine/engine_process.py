@@ -43,13 +43,12 @@ from r1serve.config import Settings
 from r1serve.engine.api_pipes import ApiPipes
 from r1serve.engine.async_engine import EngineClient, FailureHook, StepHook
 from r1serve.engine.core import Command, EngineCore
-from r1serve.engine.engine_child import EngineChild, kill_if_alive, start_engine_child
+from r1serve.engine.engine_child import STOP_SECONDS, EngineChild, kill_if_alive, start_engine_child
 from r1serve.engine.loader import EngineStartError, build_engine
 from r1serve.tokenizer import Tokenizer
 from r1serve.tp_worker import exit_description, start_lifeline
 
 log = logging.getLogger(__name__)
-STOP_SECONDS = 30.0  # the child's clean exit after "stop"; then it is killed
 
 
 @dataclass(frozen=True)
