@@ -26,7 +26,7 @@ for cap in 256 512; do
   R1SERVE_MAX_PREFILL_TOKENS_WHEN_DECODING=$cap part "cap$cap" 90 bash bench/device.sh \
     python3 -m bench --shape 1.5b --cases online --levels 64,128 --requests-per-stream 8 --out "$OUT/cap$cap"
 done
-part full 200 bash bench/device.sh python3 -m bench --shape 1.5b --cases decode,offline,coldstart,online \
+part full 200 bash bench/device.sh python3 -m bench --shape 1.5b --cases decode,offline,coldstart,online --async-scheduling \
   --levels 1,8,32,64,128,256 --out "$OUT/full"
 grep -h "cold start" "$OUT"/cold_*.log
 for f in cap256 cap512 full; do grep -v httpx "$OUT/$f.log" | grep -A10 "online: streaming" | grep "│"; done
