@@ -70,9 +70,10 @@ class Settings(BaseSettings):
     async_scheduling: bool = Field(
         False, description="launch step n+1 before step n's tokens are read back (they stay on the GPU)"
     )
-    # One API process spends ~55 us of CPU per streamed token (HTTP, SSE, JSON, detokenising) and is
-    # the bound past ~64 streams on an H200 (docs/PERFORMANCE.md); several share the listening socket
-    # in front of the one engine process, under a supervisor that starts, drains and stops them.
+    # One API process spends 53-79 us of CPU per streamed token (HTTP, SSE, JSON, detokenising; the
+    # figure depends on the core) and is the bound past ~64 streams on an H200 (docs/PERFORMANCE.md);
+    # several listen on the port (SO_REUSEPORT) in front of the one engine process, under a
+    # supervisor that starts, drains and stops them.
     api_servers: int = Field(
         1,
         ge=1,

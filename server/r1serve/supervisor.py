@@ -1,7 +1,8 @@
 """Several API processes in front of one engine process (`api_servers` > 1).
 
-One API process spends ~55 us of CPU per streamed token (HTTP, SSE, JSON, detokenising), so past
-~64 streams on an H200 it, not the GPU, sets the pace (docs/PERFORMANCE.md). Here `r1serve serve`
+One API process spends 53-79 us of CPU per streamed token (HTTP, SSE, JSON, detokenising; 79 on
+an H200 host's cores, 53 on the 2-core development VM), so past ~64 streams on an H200 it, not the
+GPU, sets the pace (docs/PERFORMANCE.md). Here `r1serve serve`
 becomes a supervisor: it starts the engine process with one pipe per API process (`ApiPipes`),
 and the API processes, each a whole server (routes, tokenizer, drain) listening on the same port
 with SO_REUSEPORT, so the kernel spreads connections over them by their addresses. (One listening
