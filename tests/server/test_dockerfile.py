@@ -39,3 +39,11 @@ def test_image_requirements_are_the_pyproject_pins(repo_root: Path) -> None:
     names = {p.split("==")[0] for p in pins}
     assert {"torch", "fastapi", "uvicorn", "tokenizers", "safetensors"} <= names
     assert "locust" not in names and "kustomize" not in names
+
+
+def test_runtime_stage_can_build_tritons_driver_module() -> None:
+    """Triton compiles its CUDA driver module with the system C compiler against Python's headers on
+    first use: a runtime stage without them crashes at the first kernel launch on a GPU."""
+    runtime = DOCKERFILE.read_text().rsplit("\nFROM ", 1)[1]
+    installs = " ".join(re.findall(r"apt-get install ([^&]+)", runtime)).split()
+    assert {"gcc", "libc6-dev", "python3-dev"} <= set(installs)
