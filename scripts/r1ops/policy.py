@@ -155,6 +155,38 @@ def check_gpu(objects: list[dict]) -> list[str]:
     return problems
 
 
+def check_kernel_cache(objects: list[dict]) -> list[str]:
+    """A CUDA server compiles Triton kernels at start-up into TRITON_CACHE_DIR: with a read-only root
+    filesystem it must lie on a writable volume, and on a PersistentVolumeClaim, else every new pod
+    compiles them all again (10 s of the 1.5B's 25 s to ready on an H200)."""
+    problems = []
+    for where, obj, template in pod_templates(objects):
+        settings = _settings(objects, template)
+        if obj.get("kind") not in SERVING_KINDS or not settings.get("R1SERVE_DEVICE", "").startswith("cuda"):
+            continue
+        spec = template.get("spec") or {}
+        volumes = {v.get("name"): v for v in spec.get("volumes") or []}
+        cache = settings.get("TRITON_CACHE_DIR")
+        for c in spec.get("containers") or []:
+            name = f"{where}: container {c.get('name')}"
+            if not cache:
+                problems.append(f"{name}: R1SERVE_DEVICE is cuda but TRITON_CACHE_DIR is not set")
+                continue
+            mounts = [
+                m for m in c.get("volumeMounts") or []
+                if f"{cache.rstrip('/')}/".startswith(f"{m.get('mountPath', '').rstrip('/')}/")
+            ]  # fmt: skip
+            mount = max(mounts, key=lambda m: len(m["mountPath"]), default=None)
+            if mount is None or mount.get("readOnly"):
+                problems.append(f"{name}: TRITON_CACHE_DIR {cache} is not on a writable volume")
+            elif "persistentVolumeClaim" not in volumes.get(mount.get("name"), {}):
+                problems.append(
+                    f"{name}: TRITON_CACHE_DIR {cache} is on volume {mount.get('name')}, not a "
+                    "PersistentVolumeClaim: every new pod compiles its kernels again"
+                )
+    return problems
+
+
 def check_drain(objects: list[dict]) -> list[str]:
     """The grace period must cover the preStop pause plus the server's drain timeout."""
     problems = []
@@ -369,6 +401,7 @@ CHECKS: tuple[Callable[[list[dict]], list[str]], ...] = (
     check_resources,
     check_probes,
     check_gpu,
+    check_kernel_cache,
     check_drain,
     check_rollout_services,
     check_traffic_routing,

@@ -117,6 +117,21 @@ def _no_strategy(objs: list[dict]) -> None:
     find(objs, "Rollout")["spec"]["strategy"] = {}
 
 
+def _kernel_cache_mount(objs: list[dict]) -> dict:
+    mounts = _server(objs)["volumeMounts"]
+    return next(m for m in mounts if m["name"] == "kernel-cache")
+
+
+def _kernel_cache_on_tmp(objs: list[dict]) -> None:
+    env = _server(objs)["env"]
+    next(e for e in env if e["name"] == "TRITON_CACHE_DIR")["value"] = "/tmp/.cache/triton"
+
+
+def _no_kernel_cache(objs: list[dict]) -> None:
+    env = _server(objs)["env"]
+    env.remove(next(e for e in env if e["name"] == "TRITON_CACHE_DIR"))
+
+
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
@@ -142,6 +157,12 @@ def _no_strategy(objs: list[dict]) -> None:
         (_no_prometheus, "NetworkPolicy deepseek-r1 shuts out Prometheus"),
         (_no_budget, "no PodDisruptionBudget covers its pods"),
         (_set_server("securityContext", {"privileged": True}), "container server: privileged"),
+        (_no_kernel_cache, "R1SERVE_DEVICE is cuda but TRITON_CACHE_DIR is not set"),
+        (_kernel_cache_on_tmp, "on volume tmp, not a PersistentVolumeClaim"),
+        (
+            lambda objs: _kernel_cache_mount(objs).__setitem__("readOnly", True),
+            "TRITON_CACHE_DIR /var/cache/r1serve/triton is not on a writable volume",
+        ),
     ],
 )
 def test_policy_catches(objects: dict, edit: Callable[[list[dict]], None], expected: str) -> None:

@@ -75,15 +75,10 @@ def test_prod_rollout_keeps_every_base_container_field(repo_root: Path, objects:
     # A strategic-merge patch without the Rollout schema would have replaced this list with the
     # patch's fragment: probes, ports, mounts and security context would be gone.
     assert server["startupProbe"]["httpGet"] == base_containers[0]["startupProbe"]["httpGet"]
-    for field in (
-        "env",
-        "readinessProbe",
-        "livenessProbe",
-        "ports",
-        "volumeMounts",
-        "securityContext",
-    ):
+    for field in ("readinessProbe", "livenessProbe", "ports", "securityContext"):
         assert server[field] == base_containers[0][field], field
+    for field in ("env", "volumeMounts"):  # components/gpu adds its kernel cache after base's
+        assert server[field][: len(base_containers[0][field])] == base_containers[0][field], field
     assert server["image"] == _release(repo_root, "prod")["image"]
     assert server["image"].rsplit(":", 1)[1] == _release(repo_root, "prod")["image"].rsplit(":", 1)[1]
     assert server["resources"]["limits"] == {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "1"}
