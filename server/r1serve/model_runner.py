@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,9 +22,9 @@ import numpy as np
 import torch
 
 from r1serve.checkpoint import GenerationDefaults, ModelConfig, load_config, load_generation_defaults
-from r1serve.cuda_graphs import MIXED_GRAPH_TOKENS, CacheLayout, DecodeGraphs, MixedGraphs
+from r1serve.cuda_graphs import MIXED_GRAPH_TOKENS, CacheLayout, DecodeGraphs, MixedGraphs, batch_sizes
 from r1serve.engine.sampler import to_device
-from r1serve.model import AttentionMetadata, CausalLM, load_model, triton_attention
+from r1serve.model import AttentionMetadata, CausalLM, kernel_compile, load_model, triton_attention
 from r1serve.model.parallel import TensorParallel, init_process_group
 from r1serve.packed_step import PackedStep, ScheduledSeq, TokenFeed, pack
 from r1serve.tokenizer import Tokenizer
@@ -166,6 +167,8 @@ class ModelRunner:
         self._block_shape = (self.block_size, cfg.num_key_value_heads // self.tp.size, cfg.head_dim)
         self.block_bytes = 2 * cfg.num_hidden_layers * math.prod(self._block_shape) * self.dtype.itemsize
         use_graphs = self.device.type == "cuda" and not enforce_eager
+        if self.device.type == "cuda" and kernel_compile.available():
+            self._precompile(max_num_seqs, use_graphs)
         budget = kv_cache_memory or self._auto_kv_budget(gpu_memory_utilization, max_num_seqs, use_graphs)
         self.num_blocks = self._agree_on_blocks(budget // self.block_bytes)
         needed = -(-self.max_model_len // self.block_size)
@@ -189,6 +192,29 @@ class ModelRunner:
             # mixed steps need the varlen attention kernel, whose grid covers any split of the tokens
             if triton_attention.supports_head_dim(cfg.head_dim):
                 self.mixed_graphs = MixedGraphs(self.model, cache, max_seqs=max_num_seqs, progress=progress)
+
+    def _precompile(self, max_num_seqs: int, use_graphs: bool) -> None:
+        """Compiles the Triton kernels of start-up's steps several at a time (kernel_compile), on a
+        cache just big enough: the profiling prefill, then the decode batches and mixed steps the
+        graphs capture (eager: warm-up's). A step launching a variant not compiled here compiles it
+        when it first comes, as without this."""
+        blocks = list(range(-(-self.max_model_len // self.block_size)))
+        decode_batches = batch_sizes(max_num_seqs) if use_graphs else [1]
+        prompts = {
+            min(n, self.max_model_len - 1)
+            for n in (MIXED_GRAPH_TOKENS if use_graphs else self._warmup_lengths())
+        }
+        steps = [[ScheduledSeq([0] * self.max_model_len, 0, blocks)]]
+        steps += [[ScheduledSeq([0], 0, blocks[:1])] * b for b in decode_batches]
+        steps += [[ScheduledSeq([0] * n, 0, blocks), ScheduledSeq([0], n, blocks)] for n in sorted(prompts)]
+        started = time.monotonic()
+        self.num_blocks = len(blocks)
+        self.model.bind_kv_cache(self._allocate_cache(len(blocks)))
+        with torch.inference_mode(), kernel_compile.precompiling():
+            for batch in steps:
+                self.execute(batch)
+        self.model.bind_kv_cache(self._allocate_cache(0))
+        log.info("compiled the start-up's GPU kernels in %.1fs", time.monotonic() - started)
 
     def _allocate_cache(self, num_blocks: int) -> torch.Tensor:
         cfg = self.config
@@ -321,15 +347,18 @@ class ModelRunner:
         replay the mixed-step graphs, whose capture compiled what they launch; a step above the
         largest graph (1,024 tokens) whose longest chunk is under 16 tokens would still compile its
         launch shape when it first comes. Writes the first blocks, so call it before serving."""
-        lengths = [min(4, self.block_size, self.max_model_len)]
-        if self.device.type == "cuda":
-            lengths = [n for n in (2, 4, 8, 16, 32, 64, 128, 256) if n < self.max_model_len]
+        lengths = self._warmup_lengths()
         for n in lengths:
             blocks = list(range(-(-(n + 1) // self.block_size)))
             # a prompt, and beside it a sequence decoding: the mixed step's form
             self.run([ScheduledSeq([0] * n, 0, blocks), ScheduledSeq([0], n, blocks)])
         if self.graphs is None:  # eager: no graph capture has compiled the decode form
             self.run([ScheduledSeq([0], lengths[0], list(range(-(-(lengths[0] + 1) // self.block_size))))])
+
+    def _warmup_lengths(self) -> list[int]:
+        if self.device.type == "cuda":
+            return [n for n in (2, 4, 8, 16, 32, 64, 128, 256) if n < self.max_model_len]
+        return [min(4, self.block_size, self.max_model_len)]
 
     def on_failure(self, callback: Callable[[str], None]) -> None:
         """Tensor parallel: `callback(message)` runs (on another thread) once a worker has died or the

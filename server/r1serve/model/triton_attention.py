@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
+from r1serve.model.kernel_compile import launch
+
 try:
     import triton
     import triton.language as tl
@@ -313,7 +315,9 @@ def _launch(
     part = out  # not read with one split
     if splits > 1:
         part = torch.empty(grid_tiles, num_heads, splits, head_dim + 2, dtype=torch.float32, device=q.device)
-    _paged_attention_kernel[(grid_tiles, num_kv_heads, splits)](
+    launch(
+        _paged_attention_kernel,
+        (grid_tiles, num_kv_heads, splits),
         q,
         k_cache,
         v_cache,
@@ -344,9 +348,10 @@ def _launch(
         num_stages=tile.num_stages,
     )
     if splits > 1:
-        _merge_splits[(grid_tiles, num_heads)](
-            part, out, out.stride(0), out.stride(1), HEADS=num_heads, HEAD_DIM=head_dim, SPLITS=splits
-        )
+        launch(
+            _merge_splits, (grid_tiles, num_heads),
+            part, out, out.stride(0), out.stride(1), HEADS=num_heads, HEAD_DIM=head_dim, SPLITS=splits,
+        )  # fmt: skip
     return out
 
 

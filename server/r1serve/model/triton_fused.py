@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from r1serve.model.kernel_compile import launch
+
 try:
     import triton
     import triton.language as tl
@@ -119,8 +121,8 @@ def _rms_norm(
     out = torch.empty(x.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
     n = x.shape[-1]
     r = x if residual is None else residual  # not read without a residual
-    _rms_norm_kernel[(x.shape[0],)](
-        x, r, weight, out, x.stride(0), r.stride(0), out.stride(0), n, eps,
+    launch(
+        _rms_norm_kernel, (x.shape[0],), x, r, weight, out, x.stride(0), r.stride(0), out.stride(0), n, eps,
         BLOCK=triton.next_power_of_2(n), ADD_RESIDUAL=residual is not None,
     )  # fmt: skip
     return out
@@ -146,7 +148,9 @@ def rope_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: t
     """Rotates q `[tokens, heads, d]` and k `[tokens, kv_heads, d]` in place (half-split layout)."""
     tokens, heads, head_dim = q.shape
     grid = (tokens, heads + k.shape[1])
-    _rope_kernel[grid](
+    launch(
+        _rope_kernel,
+        grid,
         q,
         k,
         positions,
@@ -165,7 +169,8 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
     n = x.shape[-1] // 2
     out = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
     block = 1024
-    _silu_mul_kernel[(x.shape[0], triton.cdiv(n, block))](x, out, x.stride(0), out.stride(0), n, BLOCK=block)
+    grid = (x.shape[0], triton.cdiv(n, block))
+    launch(_silu_mul_kernel, grid, x, out, x.stride(0), out.stride(0), n, BLOCK=block)
     return out
 
 
@@ -194,7 +199,8 @@ def rope_store_kv(
         or k_cache.stride(3) != 1
     ):
         raise ValueError("k_cache and v_cache must be [blocks, block_size, kv_heads, head_dim], alike")
-    _rope_store_kv_kernel[(tokens, num_heads + num_kv_heads)](
+    launch(
+        _rope_store_kv_kernel, (tokens, num_heads + num_kv_heads),
         qkv, positions, inv_freq, slot_mapping, k_cache, v_cache,
         qkv.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_cache.shape[1],
         num_heads, num_kv_heads, HALF=head_dim // 2,
