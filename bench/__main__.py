@@ -46,6 +46,12 @@ def main() -> None:
         default=8,
         help="online requests per concurrent stream, at least 16 a level (2 until session 5: noisy P99s)",
     )
+    ap.add_argument(
+        "--streams-per-client",
+        type=int,
+        default=online.STREAMS_PER_CLIENT,
+        help="online streams one client process drives (fewer: more client processes, less client delay)",
+    )
     ap.add_argument("--offline-requests", type=int, default=256)
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument(
@@ -179,8 +185,9 @@ def main() -> None:
                 for c in (int(x) for x in args.levels.split(",")):
                     t0 = time.perf_counter()
                     run = online.run_level(
-                        server.base_url, "bench", c, max(args.requests_per_stream * c, 16), 200, 128
-                    )
+                        server.base_url, "bench", c, max(args.requests_per_stream * c, 16), 200, 128,
+                        streams_per_client=args.streams_per_client,
+                    )  # fmt: skip
                     levels.append(online.summarise(c, run))
                     save()  # each level: a part killed at its time limit keeps the levels it finished
                     console.print(f"  concurrency {c}: {time.perf_counter() - t0:.0f} s")

@@ -116,7 +116,13 @@ class LevelRun:
 
 
 def run_level(
-    base_url: str, model: str, concurrency: int, requests: int, words: int, max_tokens: int
+    base_url: str,
+    model: str,
+    concurrency: int,
+    requests: int,
+    words: int,
+    max_tokens: int,
+    streams_per_client: int = STREAMS_PER_CLIENT,
 ) -> LevelRun:
     """`requests` streaming chats, `concurrency` at a time, from as many client processes as it takes
     for the client not to be what is measured: one Python process parsing every stream's chunks
@@ -124,7 +130,7 @@ def run_level(
     (`python -m bench.api_overhead`), so one process tops out at several thousand tokens a second."""
     rng = random.Random(concurrency)
     texts = [prompt(rng, words) for _ in range(requests)]
-    clients = min(MAX_CLIENT_PROCESSES, -(-concurrency // STREAMS_PER_CLIENT))
+    clients = min(MAX_CLIENT_PROCESSES, -(-concurrency // streams_per_client))
 
     def parts(start_at: float) -> list[tuple]:
         return [

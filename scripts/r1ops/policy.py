@@ -158,7 +158,7 @@ def check_gpu(objects: list[dict]) -> list[str]:
 def check_kernel_cache(objects: list[dict]) -> list[str]:
     """A CUDA server compiles Triton kernels at start-up into TRITON_CACHE_DIR: with a read-only root
     filesystem it must lie on a writable volume, and on a PersistentVolumeClaim, else every new pod
-    compiles them all again (10 s of the 1.5B's 25 s to ready on an H200)."""
+    compiles them all again (the 1.5B on an H200: ready in 12.8 s with them, 16.5-17.1 s without)."""
     problems = []
     for where, obj, template in pod_templates(objects):
         settings = _settings(objects, template)
