@@ -50,7 +50,7 @@ def main() -> None:
         "--streams-per-client",
         type=int,
         default=online.STREAMS_PER_CLIENT,
-        help="online streams one client process drives (fewer: more client processes, less client delay)",
+        help="online streams one client process drives (fewer: more client processes, at most 8)",
     )
     ap.add_argument("--offline-requests", type=int, default=256)
     ap.add_argument("--enforce-eager", action="store_true")

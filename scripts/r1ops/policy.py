@@ -121,17 +121,24 @@ def check_probes(objects: list[dict]) -> list[str]:
     return problems
 
 
-def _settings(objects: list[dict], template: dict) -> dict[str, str]:
-    """The R1SERVE_* values a pod template gets from ConfigMaps (envFrom) and literal env."""
+def _container_settings(objects: list[dict], container: dict) -> dict[str, str]:
+    """The variables a container gets from ConfigMaps (envFrom) and literal env."""
     config_maps = {
         o["metadata"]["name"]: o.get("data") or {} for o in objects if o.get("kind") == "ConfigMap"
     }
     values: dict[str, str] = {}
+    for source in container.get("envFrom") or []:
+        if name := (source.get("configMapRef") or {}).get("name"):
+            values.update(config_maps.get(name, {}))
+    values.update({e["name"]: e["value"] for e in container.get("env") or [] if "value" in e})
+    return values
+
+
+def _settings(objects: list[dict], template: dict) -> dict[str, str]:
+    """The R1SERVE_* values a pod template's containers get, merged."""
+    values: dict[str, str] = {}
     for c in (template.get("spec") or {}).get("containers") or []:
-        for source in c.get("envFrom") or []:
-            if name := (source.get("configMapRef") or {}).get("name"):
-                values.update(config_maps.get(name, {}))
-        values.update({e["name"]: e["value"] for e in c.get("env") or [] if "value" in e})
+        values.update(_container_settings(objects, c))
     return values
 
 
@@ -157,32 +164,45 @@ def check_gpu(objects: list[dict]) -> list[str]:
 
 def check_kernel_cache(objects: list[dict]) -> list[str]:
     """A CUDA server compiles Triton kernels at start-up into TRITON_CACHE_DIR: with a read-only root
-    filesystem it must lie on a writable volume, and on a PersistentVolumeClaim, else every new pod
-    compiles them all again (the 1.5B on an H200: ready in 12.8 s with them, 16.5-17.1 s without)."""
+    filesystem it must lie on a writable volume, and on a ReadWriteMany PersistentVolumeClaim, else
+    every new pod compiles them all again (the 1.5B on an H200: ready in 12.8 s with them, 16.5-17.2
+    s without)."""
+    claims = {o["metadata"]["name"]: o for o in objects if o.get("kind") == "PersistentVolumeClaim"}
     problems = []
     for where, obj, template in pod_templates(objects):
-        settings = _settings(objects, template)
-        if obj.get("kind") not in SERVING_KINDS or not settings.get("R1SERVE_DEVICE", "").startswith("cuda"):
+        if obj.get("kind") not in SERVING_KINDS:
             continue
         spec = template.get("spec") or {}
         volumes = {v.get("name"): v for v in spec.get("volumes") or []}
-        cache = settings.get("TRITON_CACHE_DIR")
         for c in spec.get("containers") or []:
+            settings = _container_settings(objects, c)
+            if not settings.get("R1SERVE_DEVICE", "").startswith("cuda"):
+                continue
             name = f"{where}: container {c.get('name')}"
+            cache = settings.get("TRITON_CACHE_DIR")
             if not cache:
-                problems.append(f"{name}: R1SERVE_DEVICE is cuda but TRITON_CACHE_DIR is not set")
+                if not any(e.get("name") == "TRITON_CACHE_DIR" for e in c.get("env") or []):  # valueFrom
+                    problems.append(f"{name}: R1SERVE_DEVICE is cuda but TRITON_CACHE_DIR is not set")
                 continue
             mounts = [
                 m for m in c.get("volumeMounts") or []
                 if f"{cache.rstrip('/')}/".startswith(f"{m.get('mountPath', '').rstrip('/')}/")
             ]  # fmt: skip
             mount = max(mounts, key=lambda m: len(m["mountPath"]), default=None)
-            if mount is None or mount.get("readOnly"):
+            claim = (volumes.get((mount or {}).get("name")) or {}).get("persistentVolumeClaim")
+            if mount is None or mount.get("readOnly") or (claim or {}).get("readOnly"):
                 problems.append(f"{name}: TRITON_CACHE_DIR {cache} is not on a writable volume")
-            elif "persistentVolumeClaim" not in volumes.get(mount.get("name"), {}):
+            elif claim is None:
                 problems.append(
                     f"{name}: TRITON_CACHE_DIR {cache} is on volume {mount.get('name')}, not a "
                     "PersistentVolumeClaim: every new pod compiles its kernels again"
+                )
+            elif (pvc := claims.get(claim.get("claimName"))) and "ReadWriteMany" not in pvc["spec"].get(
+                "accessModes", []
+            ):
+                problems.append(
+                    f"{name}: kernel cache claim {claim.get('claimName')} is not ReadWriteMany: pods on "
+                    "other nodes cannot mount it"
                 )
     return problems
 

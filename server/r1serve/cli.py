@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from r1serve.config import Settings
+from r1serve.kernel_cache import use_writable_cache
 
 if TYPE_CHECKING:
     from r1serve.engine.engine_child import EngineChild
@@ -69,6 +70,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"r1serve serve: {settings.model}: not a directory", file=sys.stderr)
         return 1
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    use_writable_cache()
     if settings.api_servers > 1:
         from r1serve.supervisor import supervise
 

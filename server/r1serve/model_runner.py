@@ -168,7 +168,7 @@ class ModelRunner:
         self.block_bytes = 2 * cfg.num_hidden_layers * math.prod(self._block_shape) * self.dtype.itemsize
         use_graphs = self.device.type == "cuda" and not enforce_eager
         if self.device.type == "cuda" and kernel_compile.available():
-            self._precompile(max_num_seqs, use_graphs)
+            self._precompile(max_num_seqs, use_graphs, profile=not kv_cache_memory)
         budget = kv_cache_memory or self._auto_kv_budget(gpu_memory_utilization, max_num_seqs, use_graphs)
         self.num_blocks = self._agree_on_blocks(budget // self.block_bytes)
         needed = -(-self.max_model_len // self.block_size)
@@ -193,20 +193,20 @@ class ModelRunner:
             if triton_attention.supports_head_dim(cfg.head_dim):
                 self.mixed_graphs = MixedGraphs(self.model, cache, max_seqs=max_num_seqs, progress=progress)
 
-    def _precompile(self, max_num_seqs: int, use_graphs: bool) -> None:
+    def _precompile(self, max_num_seqs: int, use_graphs: bool, profile: bool) -> None:
         """Compiles the Triton kernels of start-up's steps several at a time (kernel_compile), on a
-        cache just big enough: the profiling prefill, then the decode batches and mixed steps the
-        graphs capture (eager: warm-up's). A step launching a variant not compiled here compiles it
-        when it first comes, as without this."""
+        cache just big enough: the decode batches (the graphs' sizes), the mixed steps the graphs
+        capture (eager: warm-up's prompts) and, when the KV cache is sized by it (`profile`), the
+        profiling prefill. A step launching a variant not compiled here compiles it when it first
+        comes, as without this."""
         blocks = list(range(-(-self.max_model_len // self.block_size)))
-        decode_batches = batch_sizes(max_num_seqs) if use_graphs else [1]
-        prompts = {
-            min(n, self.max_model_len - 1)
-            for n in (MIXED_GRAPH_TOKENS if use_graphs else self._warmup_lengths())
-        }
-        steps = [[ScheduledSeq([0] * self.max_model_len, 0, blocks)]]
-        steps += [[ScheduledSeq([0], 0, blocks[:1])] * b for b in decode_batches]
-        steps += [[ScheduledSeq([0] * n, 0, blocks), ScheduledSeq([0], n, blocks)] for n in sorted(prompts)]
+        prompts = MIXED_GRAPH_TOKENS if use_graphs else self._warmup_lengths()
+        steps = [[ScheduledSeq([0] * self.max_model_len, 0, blocks)]] if profile else []
+        steps += [[ScheduledSeq([0], 0, blocks[:1])] * b for b in batch_sizes(max_num_seqs)]
+        steps += [
+            [ScheduledSeq([0] * n, 0, blocks), ScheduledSeq([0], n, blocks)]
+            for n in sorted({min(n, self.max_model_len - 1) for n in prompts} - {0})
+        ]
         started = time.monotonic()
         self.num_blocks = len(blocks)
         self.model.bind_kv_cache(self._allocate_cache(len(blocks)))
@@ -214,6 +214,7 @@ class ModelRunner:
             for batch in steps:
                 self.execute(batch)
         self.model.bind_kv_cache(self._allocate_cache(0))
+        torch.cuda.empty_cache()  # the pass's activations and cache, before the KV cache is sized
         log.info("compiled the start-up's GPU kernels in %.1fs", time.monotonic() - started)
 
     def _allocate_cache(self, num_blocks: int) -> torch.Tensor:

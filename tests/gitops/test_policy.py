@@ -127,6 +127,15 @@ def _kernel_cache_on_tmp(objs: list[dict]) -> None:
     next(e for e in env if e["name"] == "TRITON_CACHE_DIR")["value"] = "/tmp/.cache/triton"
 
 
+def _read_only_kernel_claim(objs: list[dict]) -> None:
+    volumes = find(objs, "Rollout")["spec"]["template"]["spec"]["volumes"]
+    next(v for v in volumes if v["name"] == "kernel-cache")["persistentVolumeClaim"]["readOnly"] = True
+
+
+def _kernel_claim_rwo(objs: list[dict]) -> None:
+    find(objs, "PersistentVolumeClaim", "deepseek-r1-kernel-cache")["spec"]["accessModes"] = ["ReadWriteOnce"]
+
+
 def _no_kernel_cache(objs: list[dict]) -> None:
     env = _server(objs)["env"]
     env.remove(next(e for e in env if e["name"] == "TRITON_CACHE_DIR"))
@@ -163,11 +172,36 @@ def _no_kernel_cache(objs: list[dict]) -> None:
             lambda objs: _kernel_cache_mount(objs).__setitem__("readOnly", True),
             "TRITON_CACHE_DIR /var/cache/r1serve/triton is not on a writable volume",
         ),
+        (_read_only_kernel_claim, "TRITON_CACHE_DIR /var/cache/r1serve/triton is not on a writable volume"),
+        (_kernel_claim_rwo, "kernel cache claim deepseek-r1-kernel-cache is not ReadWriteMany"),
     ],
 )
 def test_policy_catches(objects: dict, edit: Callable[[list[dict]], None], expected: str) -> None:
     problems = _break(objects["prod"], edit)
     assert any(expected in p for p in problems), problems
+
+
+def test_kernel_cache_rules_look_at_the_server_container_only(objects: dict) -> None:
+    def add_sidecar(objs: list[dict]) -> None:
+        spec = find(objs, "Rollout")["spec"]["template"]["spec"]
+        spec["containers"].append(
+            {
+                **copy.deepcopy(spec["containers"][0]),
+                "name": "proxy",
+                "envFrom": [],
+                "env": [],
+                "volumeMounts": [],
+            }
+        )
+
+    def from_secret(objs: list[dict]) -> None:
+        env = _server(objs)["env"]
+        entry = next(e for e in env if e["name"] == "TRITON_CACHE_DIR")
+        entry.pop("value")
+        entry["valueFrom"] = {"configMapKeyRef": {"name": "elsewhere", "key": "dir"}}
+
+    for edit in (add_sidecar, from_secret):  # a sidecar without R1SERVE_DEVICE; a value not rendered
+        assert not [p for p in _break(objects["prod"], edit) if "TRITON_CACHE_DIR" in p or "kernel" in p]
 
 
 def test_cpu_server_holding_a_gpu_is_flagged(objects: dict) -> None:

@@ -82,7 +82,14 @@ def test_precompile_steps_run_on_any_device(tiny_model_dir: Path, use_graphs: bo
     before = runner.run(step)
     cache, blocks = runner.kv_cache, runner.num_blocks
     del runner.num_blocks  # as in _build, where the pass runs before the cache is sized
-    runner._precompile(max_num_seqs=8, use_graphs=use_graphs)
+    runner._precompile(max_num_seqs=8, use_graphs=use_graphs, profile=True)
     runner.model.bind_kv_cache(cache)  # as _build goes on to bind the real cache
     runner.num_blocks = blocks
     assert torch.equal(runner.run(step), before)
+
+
+def test_precompile_steps_fit_the_shortest_model_length(tiny_model_dir: Path) -> None:
+    from r1serve.model_runner import ModelRunner
+
+    runner = ModelRunner(tiny_model_dir, device="cpu", progress=False, max_model_len=1, max_num_seqs=4)
+    runner._precompile(max_num_seqs=4, use_graphs=True, profile=True)  # no empty prompt to pack
