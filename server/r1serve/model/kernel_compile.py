@@ -31,7 +31,7 @@ _compile_only: contextvars.ContextVar[bool] = contextvars.ContextVar("compile_on
 
 
 def available() -> bool:
-    """Whether this Triton can compile in the background (AsyncCompileMode, Triton 3.5 and later)."""
+    """Whether this Triton can compile in the background (AsyncCompileMode: in 3.6, the GPU machine's)."""
     return getattr(triton, "AsyncCompileMode", None) is not None
 
 
