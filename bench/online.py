@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from r1ops.processes import ServerProcess
 
 STREAMS_PER_CLIENT = 32  # streams one client process drives
@@ -108,11 +109,40 @@ async def one_request(client: httpx.AsyncClient, model: str, text: str, max_toke
 
 @dataclass
 class LevelRun:
-    """One concurrency level's requests, its wall time, and the client's own CPU time."""
+    """One concurrency level's requests, its wall time, the client's own CPU time, and the engine's
+    step intervals over the level (their histogram's buckets: upper bound, count)."""
 
     results: list[RequestTiming]
     wall: float
     client_cpu: float
+    engine_steps: list[tuple[float, float]] = field(default_factory=list)
+
+
+STEP_INTERVAL = "r1serve_engine_step_interval_seconds"
+
+
+def step_interval_buckets(base_url: str) -> list[tuple[float, float]]:
+    """The server's engine step-interval histogram now: (upper bound, cumulative count) per bucket."""
+    text = httpx.get(f"{base_url}/metrics", timeout=30).text
+    for family in text_string_to_metric_families(text):
+        if family.name == STEP_INTERVAL:
+            return [(float(s.labels["le"]), s.value) for s in family.samples if s.name.endswith("_bucket")]
+    return []
+
+
+def bucket_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """Prometheus's histogram_quantile over cumulative buckets: linear inside the bucket it falls in."""
+    if not buckets or buckets[-1][1] == 0:
+        return float("nan")
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = upper, count
+    return lower
 
 
 def run_level(
@@ -138,6 +168,7 @@ def run_level(
             for i in range(clients)
         ]
 
+    before = step_interval_buckets(base_url)
     if clients == 1:
         start_at = time.time()
         done = [_run_part(*parts(start_at)[0])]
@@ -147,10 +178,12 @@ def run_level(
             list(pool.map(time.sleep, [0.2] * clients))
             start_at = time.time() + 0.2  # then all begin together
             done = list(pool.map(_run_part, *zip(*parts(start_at), strict=True)))
+    after = step_interval_buckets(base_url)
     return LevelRun(
         [r for part in done for r in part[0]],
         max(end for _, end, _ in done) - start_at,
         sum(cpu for _, _, cpu in done),
+        [(le, n - n0) for (le, n), (_, n0) in zip(after, before, strict=True)],
     )
 
 
@@ -201,6 +234,9 @@ def summarise(concurrency: int, run: LevelRun) -> dict:
         "ttft_p99_ms": 1e3 * percentile([r.ttft for r in ok], 0.99),
         "itl_p50_ms": 1e3 * percentile(itls, 0.5),
         "itl_p99_ms": 1e3 * percentile(itls, 0.99),
+        # the engine's share of the ITL (histogram buckets: interpolated, as Prometheus does)
+        "engine_step_p50_ms": 1e3 * bucket_quantile(0.5, run.engine_steps),
+        "engine_step_p99_ms": 1e3 * bucket_quantile(0.99, run.engine_steps),
         "e2e_p50_s": percentile([r.e2e for r in ok], 0.5),
         "e2e_p99_s": percentile([r.e2e for r in ok], 0.99),
         "output_tok_s": sum(r.output_tokens for r in ok) / wall,

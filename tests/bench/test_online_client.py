@@ -3,6 +3,8 @@ so that it is not itself the bottleneck, it must still send every request once a
 
 from __future__ import annotations
 
+import math
+
 from bench import online
 
 
@@ -15,3 +17,16 @@ def test_a_level_split_over_client_processes_sends_every_request_once(start_serv
     assert all(len(r.itls) <= 5 for r in run.results)  # a gap per chunk after the first; tokens may merge
     row = online.summarise(concurrency, run)
     assert row["errors"] == 0 and row["output_tok_s"] > 0 and row["client_cores"] > 0
+    # the engine stepped back to back during the level, and the bench read its pace off /metrics
+    assert run.engine_steps[-1][1] > 0
+    assert 0 < row["engine_step_p50_ms"] <= row["engine_step_p99_ms"]
+
+
+def test_bucket_quantile_interpolates_inside_a_bucket_as_prometheus_does() -> None:
+    buckets = [(0.001, 0.0), (0.002, 50.0), (0.004, 100.0), (math.inf, 100.0)]
+    assert online.bucket_quantile(0.5, buckets) == 0.002
+    assert math.isclose(online.bucket_quantile(0.75, buckets), 0.003)
+    # past the last finite bound: that bound, as histogram_quantile answers
+    assert online.bucket_quantile(0.99, [(0.001, 0.0), (math.inf, 10.0)]) == 0.001
+    assert math.isnan(online.bucket_quantile(0.99, [(0.001, 0.0), (math.inf, 0.0)]))
+    assert math.isnan(online.bucket_quantile(0.99, []))

@@ -66,6 +66,16 @@ def test_32_concurrent_streams_complete_and_share_batches(live_server: ServerPro
     # far fewer steps than one sequence at a time would (how many exactly depends on arrival timing).
     assert steps > up_to_8
     assert steps < 32 * tokens / 4
+    # The engine stepped back to back while the streams ran: every step but the first after an idle
+    # spell has an interval, each a real duration.
+    intervals = (
+        after["r1serve_engine_step_interval_seconds_count"]
+        - before["r1serve_engine_step_interval_seconds_count"]
+    )
+    assert steps / 2 < intervals < steps
+    assert (
+        after["r1serve_engine_step_interval_seconds_sum"] > before["r1serve_engine_step_interval_seconds_sum"]
+    )
     assert after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"] == 32 * tokens
     assert after["vllm:kv_cache_usage_perc"] == 0 and after["vllm:num_requests_running"] == 0
 

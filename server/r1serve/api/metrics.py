@@ -37,6 +37,11 @@ TOKEN_LATENCY_BUCKETS = (
     10.0, 20.0, 40.0, 60.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# Fine from 1 to 10 ms, where a step of a distill sits: the ITL target (3x a batch-1 step) falls there.
+STEP_INTERVAL_BUCKETS = (
+    0.001, 0.0015, 0.002, 0.0025, 0.003, 0.0035, 0.004, 0.0045, 0.005, 0.0055, 0.006, 0.007, 0.008,
+    0.01, 0.0125, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
 EngineState = tuple[int, int, float, int]  # running, waiting, KV usage, preemptions so far
 API_PREFIX = "/v1/"
 INFERENCE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
@@ -106,6 +111,12 @@ class Metrics:
             "r1serve_batch_size", "Sequences computed together in one engine step.",
             label, buckets=BATCH_BUCKETS, registry=r,
         )  # fmt: skip
+        self.step_interval = Histogram(
+            "r1serve_engine_step_interval_seconds",
+            "Seconds between the starts of consecutive engine steps while it is busy: the pace at which "
+            "every running stream gets a token, before the API process delivers it.",
+            label, buckets=STEP_INTERVAL_BUCKETS, registry=r,
+        )  # fmt: skip
         self.engine_gauges = EngineGauges(model_name, engine_state)
         r.register(self.engine_gauges)
         # Children exist from the start, so rate() has a zero to start from.
@@ -119,6 +130,7 @@ class Metrics:
         ):
             metric.labels(model_name)
         self.batch_size.labels(model_name)
+        self.step_interval.labels(model_name)
         # The series the gates divide exist at 0 before the first request: a series born with a
         # non-zero value loses that first increase in rate(), and a brand-new canary would look idle.
         for route in INFERENCE_ROUTES:

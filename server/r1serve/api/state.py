@@ -102,6 +102,8 @@ class ServerState:
 
     def _on_step(self, stats: EngineStats) -> None:
         self.metrics.batch_size.labels(self.model_name).observe(stats.batch_size)
+        if stats.step_interval:  # 0: the first step after idle, which has no previous one
+            self.metrics.step_interval.labels(self.model_name).observe(stats.step_interval)
 
     def shutdown(self) -> None:
         self.ready = False

@@ -37,7 +37,9 @@ class EngineStats(NamedTuple):
     num_preemptions: int = 0
     batch_size: int = 0  # sequences computed in the step (0: no step, only commands applied)
     batch_tokens: int = 0
-    step_seconds: float = 0.0
+    # Seconds from the previous step's start to this one's while the engine stepped back to back (0
+    # after idle): the pace at which every running stream gets a token, as the engine sets it.
+    step_interval: float = 0.0
     num_added: int = 0  # add commands applied so far: the ones sent after these are still in transit
 
 
@@ -57,31 +59,36 @@ class EngineCore:
         """Applies commands and steps until `receive` says stop; emits once per step (or per batch of
         commands while idle, so an abort's freed KV shows in the stats)."""
         engine = self.engine
-        while (commands := receive(not engine.has_work())) is not None:
+        last_start: float | None = None  # of the previous step, if the engine has not idled since
+        while (commands := receive(idle := not engine.has_work())) is not None:
             events: list[Event] = []
-            step_seconds = 0.0
+            interval = 0.0
             stepped = False
+            if idle:
+                last_start = None
             try:
                 for command in commands:
                     events += self._apply(command)
                 if engine.has_work():
                     stepped = True
                     started = time.perf_counter()
+                    if last_start is not None:
+                        interval = started - last_start
+                    last_start = started
                     events += self._step()
-                    step_seconds = time.perf_counter() - started
             except Exception:  # a bookkeeping bug must not kill the loop every request depends on
                 log.exception("engine loop error")
                 events += self._fail_running("internal engine error")
             if commands or stepped:
-                emit(events, self.stats(step_seconds if stepped else 0.0, stepped))
+                emit(events, self.stats(interval, stepped))
 
-    def stats(self, step_seconds: float = 0.0, stepped: bool = False) -> EngineStats:
+    def stats(self, step_interval: float = 0.0, stepped: bool = False) -> EngineStats:
         engine = self.engine
         scheduler = engine.scheduler
         return EngineStats(
             len(scheduler.running), len(scheduler.waiting), engine.block_manager.usage,
             scheduler.num_preemptions, engine.last_batch_size if stepped else 0,
-            engine.last_batch_tokens if stepped else 0, step_seconds, self._num_added,
+            engine.last_batch_tokens if stepped else 0, step_interval, self._num_added,
         )  # fmt: skip
 
     def _apply(self, command: Command) -> list[Event]:
