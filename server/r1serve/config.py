@@ -37,7 +37,10 @@ class Settings(BaseSettings):
     # 1.5B-7B distills while a typical chat prompt still prefills in one step. With nothing decoding,
     # the whole max_num_batched_tokens budget applies, so a burst's first tokens are not held back.
     max_prefill_tokens_when_decoding: int = Field(
-        512, ge=0, description="prompt tokens per engine step while any sequence is decoding (0 = no cap)"
+        512,
+        ge=0,
+        description="prompt tokens per engine step while any sequence is decoding (0 = no cap); on a GPU "
+        "grown to fill the CUDA graph the step is padded to",
     )
     kv_cache_memory: ByteSize = Field(
         ByteSize(0), description="KV cache budget, bytes or '512MiB' (0 = auto)"

@@ -193,6 +193,11 @@ class ModelRunner:
             if triton_attention.supports_head_dim(cfg.head_dim):
                 self.mixed_graphs = MixedGraphs(self.model, cache, max_seqs=max_num_seqs, progress=progress)
 
+    @property
+    def mixed_step_sizes(self) -> tuple[int, ...]:
+        """The token counts a step with a prompt chunk is padded to (its CUDA graphs); () when eager."""
+        return () if self.mixed_graphs is None else tuple(self.mixed_graphs.sizes)
+
     def _precompile(self, max_num_seqs: int, use_graphs: bool, profile: bool) -> None:
         """Compiles the Triton kernels of start-up's steps several at a time (kernel_compile), on a
         cache just big enough: the decode batches (the graphs' sizes), the mixed steps the graphs

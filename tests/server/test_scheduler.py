@@ -7,12 +7,15 @@ from r1serve.engine.sequence import FinishReason, SamplingParams, Sequence, Sequ
 BS = 4
 
 
-def make(num_blocks: int = 16, max_num_seqs: int = 8, budget: int = 64, prefill_cap: int = 0) -> Scheduler:
+def make(
+    num_blocks: int = 16, max_num_seqs: int = 8, budget: int = 64, prefill_cap: int = 0, step_sizes=()
+) -> Scheduler:
     return Scheduler(
         BlockManager(num_blocks, BS),
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=budget,
         max_prefill_tokens_when_decoding=prefill_cap,
+        step_sizes=step_sizes,
     )
 
 
@@ -80,6 +83,34 @@ def test_prompt_tokens_are_capped_while_a_sequence_decodes() -> None:
         steps.append([(ch.seq, ch.num_tokens) for ch in chunks[1:]])
     # 8 prompt tokens a step however much of the 64-token budget is left; the short prompt waits its turn.
     assert steps == [[(long, 8)], [(long, 8)], [(long, 8)], [(long, 6), (short, 2)], [(long, 1), (short, 3)]]
+
+
+def test_the_prompt_cap_grows_to_fill_the_step_size_it_is_padded_to() -> None:
+    # one decode + a cap of 8 = 9 tokens, padded to a 12-token graph: 11 prompt tokens fit instead
+    s = make(num_blocks=32, budget=64, prefill_cap=8, step_sizes=(4, 12, 16))
+    a = seq(4)
+    s.add(a)
+    run_step(s)
+    long = seq(30, 100)
+    s.add(long)
+    sizes = []
+    while long.num_output_tokens == 0:
+        chunks = run_step(s)
+        assert (chunks[0].seq, chunks[0].num_tokens) == (a, 1)
+        sizes.append(sum(ch.num_tokens for ch in chunks))
+    assert sizes == [12, 12, 9]  # 11 + 11 + 8 prompt tokens beside the decode
+    # above the largest size a step is not padded: the cap stays as set
+    s = make(num_blocks=32, budget=64, prefill_cap=20, step_sizes=(4, 12, 16))
+    s.add(seq(4))
+    run_step(s)
+    s.add(seq(30, 100))
+    assert sum(ch.num_tokens for ch in run_step(s)) == 1 + 20
+    # the step's total budget still bounds it
+    s = make(num_blocks=32, budget=10, prefill_cap=8, step_sizes=(12,))
+    s.add(seq(4))
+    run_step(s)
+    s.add(seq(30, 100))
+    assert sum(ch.num_tokens for ch in run_step(s)) == 10
 
 
 def test_prompts_get_the_whole_budget_when_nothing_decodes() -> None:

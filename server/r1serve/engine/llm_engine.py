@@ -117,6 +117,7 @@ class LLMEngine:
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
             max_prefill_tokens_when_decoding=max_prefill_tokens_when_decoding,
+            step_sizes=getattr(runner, "mixed_step_sizes", ()),
         )
         self.sampler = Sampler()
         self.generators: dict[int, torch.Generator] = {}

@@ -9,7 +9,10 @@ alone cannot fit in the whole cache is finished with reason "length" instead: ne
 
 While any sequence is decoding, prompt tokens per step are capped (`max_prefill_tokens_when_decoding`),
 so a long prompt joins in chunks instead of stalling every stream for one long step; with nothing
-decoding a prompt gets the whole `max_num_batched_tokens` budget.
+decoding a prompt gets the whole `max_num_batched_tokens` budget. On a GPU a step is padded up to
+the next size of its CUDA graphs (`step_sizes`), so the cap grows to fill that size: the padding
+rows would be computed anyway, and prompt tokens in their place cost next to nothing (64 decodes
+and a 512-token cap make 576 tokens, padded to 640: 576 prompt tokens fit in the same step).
 """
 
 from __future__ import annotations
@@ -43,11 +46,13 @@ class Scheduler:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         max_prefill_tokens_when_decoding: int = 0,
+        step_sizes: tuple[int, ...] = (),
     ) -> None:
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_prefill_tokens_when_decoding = max_prefill_tokens_when_decoding  # 0 = no cap
+        self.step_sizes = sorted(step_sizes)  # ascending token counts a step is padded to
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         # Sequences the scheduler ended itself (no KV memory for a lone sequence); the engine reports them.
@@ -100,7 +105,7 @@ class Scheduler:
             left = seq.num_uncomputed_tokens
             (prefills if left > 1 else decodes).append((seq, left))
         cap = self.max_prefill_tokens_when_decoding
-        prefill_budget = min(cap, budget) if decodes and cap > 0 else budget
+        prefill_budget = min(self._filled_cap(len(decodes), cap), budget) if decodes and cap > 0 else budget
         pending = deque(decodes)
         pending.extend(prefills)
         preempted = False
@@ -156,6 +161,12 @@ class Scheduler:
             budget -= n
             prefill_budget -= n
         return chunks
+
+    def _filled_cap(self, num_decodes: int, cap: int) -> int:
+        """The prompt-token cap beside `num_decodes` decodes, grown to fill the step size the step
+        would be padded to anyway (unchanged above the largest size: such a step runs unpadded)."""
+        size = next((s for s in self.step_sizes if s >= num_decodes + cap), None)
+        return cap if size is None else size - num_decodes
 
     def complete(self, *chunks: ScheduledChunk) -> None:
         """Account for computed chunks: their K/V is now in the cache (a sequence that has ended
