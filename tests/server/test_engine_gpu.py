@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from r1serve.cuda_graphs import MIXED_GRAPH_TOKENS
 from r1serve.engine.llm_engine import LLMEngine
 from r1serve.engine.sequence import SamplingParams, Sequence
 from r1serve.model_runner import ModelRunner
@@ -59,6 +60,10 @@ def test_batching_chunking_and_preemption_keep_greedy_outputs_on_cuda(tiny_model
     r = runner(tiny_model_dir)
     alone = [generate(engine(r), [p], [GREEDY])[0] for p in PROMPTS]
     assert generate(engine(r), PROMPTS, [GREEDY] * len(PROMPTS)) == alone
+    # a capped prompt chunk beside decodes fills the mixed-step graph it is padded to
+    capped = LLMEngine(r, max_num_seqs=64, max_num_batched_tokens=2048, max_prefill_tokens_when_decoding=5)
+    assert capped.scheduler.step_sizes == list(MIXED_GRAPH_TOKENS)
+    assert generate(capped, PROMPTS, [GREEDY] * len(PROMPTS)) == alone
     small = runner(tiny_model_dir, kv_cache_memory=20 * r.block_bytes)
     e = engine(small, budget=16)
     assert generate(e, PROMPTS, [GREEDY] * len(PROMPTS)) == alone
