@@ -109,25 +109,30 @@ async def one_request(client: httpx.AsyncClient, model: str, text: str, max_toke
 
 @dataclass
 class LevelRun:
-    """One concurrency level's requests, its wall time, the client's own CPU time, and the engine's
-    step intervals over the level (their histogram's buckets: upper bound, count)."""
+    """One concurrency level's requests, its wall time, the client's own CPU time, and the server's
+    histograms over the level (SERVER_HISTOGRAMS: buckets as (upper bound, count) pairs)."""
 
     results: list[RequestTiming]
     wall: float
     client_cpu: float
-    engine_steps: list[tuple[float, float]] = field(default_factory=list)
+    server: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
 
+# The server's side of the client's figures: the engine's step pace (its share of the ITL) and the
+# TTFT from a request's arrival in the API process (the rest of the client's TTFT is HTTP).
 STEP_INTERVAL = "r1serve_engine_step_interval_seconds"
+SERVER_TTFT = "vllm:time_to_first_token_seconds"
+SERVER_HISTOGRAMS = (STEP_INTERVAL, SERVER_TTFT)
 
 
-def step_interval_buckets(base_url: str) -> list[tuple[float, float]]:
-    """The server's engine step-interval histogram now: (upper bound, cumulative count) per bucket."""
+def server_histograms(base_url: str) -> dict[str, list[tuple[float, float]]]:
+    """SERVER_HISTOGRAMS as the server's /metrics has them now: (upper bound, cumulative count) pairs."""
     text = httpx.get(f"{base_url}/metrics", timeout=30).text
-    for family in text_string_to_metric_families(text):
-        if family.name == STEP_INTERVAL:
-            return [(float(s.labels["le"]), s.value) for s in family.samples if s.name.endswith("_bucket")]
-    return []
+    return {
+        family.name: [(float(s.labels["le"]), s.value) for s in family.samples if s.name.endswith("_bucket")]
+        for family in text_string_to_metric_families(text)
+        if family.name in SERVER_HISTOGRAMS
+    }
 
 
 def bucket_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
@@ -168,7 +173,7 @@ def run_level(
             for i in range(clients)
         ]
 
-    before = step_interval_buckets(base_url)
+    before = server_histograms(base_url)
     if clients == 1:
         start_at = time.time()
         done = [_run_part(*parts(start_at)[0])]
@@ -178,12 +183,15 @@ def run_level(
             list(pool.map(time.sleep, [0.2] * clients))
             start_at = time.time() + 0.2  # then all begin together
             done = list(pool.map(_run_part, *zip(*parts(start_at), strict=True)))
-    after = step_interval_buckets(base_url)
+    after = server_histograms(base_url)
     return LevelRun(
         [r for part in done for r in part[0]],
         max(end for _, end, _ in done) - start_at,
         sum(cpu for _, _, cpu in done),
-        [(le, n - n0) for (le, n), (_, n0) in zip(after, before, strict=True)],
+        {
+            name: [(le, n - n0) for (le, n), (_, n0) in zip(buckets, before[name], strict=True)]
+            for name, buckets in after.items()
+        },
     )
 
 
@@ -234,9 +242,10 @@ def summarise(concurrency: int, run: LevelRun) -> dict:
         "ttft_p99_ms": 1e3 * percentile([r.ttft for r in ok], 0.99),
         "itl_p50_ms": 1e3 * percentile(itls, 0.5),
         "itl_p99_ms": 1e3 * percentile(itls, 0.99),
-        # the engine's share of the ITL (histogram buckets: interpolated, as Prometheus does)
-        "engine_step_p50_ms": 1e3 * bucket_quantile(0.5, run.engine_steps),
-        "engine_step_p99_ms": 1e3 * bucket_quantile(0.99, run.engine_steps),
+        # the server's side (histogram buckets: interpolated, as Prometheus does)
+        "server_ttft_p99_ms": 1e3 * bucket_quantile(0.99, run.server.get(SERVER_TTFT, [])),
+        "engine_step_p50_ms": 1e3 * bucket_quantile(0.5, run.server.get(STEP_INTERVAL, [])),
+        "engine_step_p99_ms": 1e3 * bucket_quantile(0.99, run.server.get(STEP_INTERVAL, [])),
         "e2e_p50_s": percentile([r.e2e for r in ok], 0.5),
         "e2e_p99_s": percentile([r.e2e for r in ok], 0.99),
         "output_tok_s": sum(r.output_tokens for r in ok) / wall,

@@ -18,8 +18,10 @@ def test_a_level_split_over_client_processes_sends_every_request_once(start_serv
     row = online.summarise(concurrency, run)
     assert row["errors"] == 0 and row["output_tok_s"] > 0 and row["client_cores"] > 0
     # the engine stepped back to back during the level, and the bench read its pace off /metrics
-    assert run.engine_steps[-1][1] > 0
+    assert run.server[online.STEP_INTERVAL][-1][1] > 0
+    assert run.server[online.SERVER_TTFT][-1][1] == 2 * concurrency  # every request's first token
     assert 0 < row["engine_step_p50_ms"] <= row["engine_step_p99_ms"]
+    assert row["server_ttft_p99_ms"] > 0
 
 
 def test_bucket_quantile_interpolates_inside_a_bucket_as_prometheus_does() -> None:
