@@ -52,6 +52,12 @@ def main() -> None:
         default=online.STREAMS_PER_CLIENT,
         help="online streams one client process drives (fewer: more client processes, at most 8)",
     )
+    ap.add_argument(
+        "--prompt-words",
+        type=int,
+        default=200,
+        help="online prompt length in words (~1.3 tokens each; R1 contexts run to thousands)",
+    )
     ap.add_argument("--offline-requests", type=int, default=256)
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument(
@@ -185,13 +191,13 @@ def main() -> None:
                 for c in (int(x) for x in args.levels.split(",")):
                     t0 = time.perf_counter()
                     run = online.run_level(
-                        server.base_url, "bench", c, max(args.requests_per_stream * c, 16), 200, 128,
-                        streams_per_client=args.streams_per_client,
+                        server.base_url, "bench", c, max(args.requests_per_stream * c, 16),
+                        args.prompt_words, 128, streams_per_client=args.streams_per_client,
                     )  # fmt: skip
                     levels.append(online.summarise(c, run))
                     save()  # each level: a part killed at its time limit keeps the levels it finished
                     console.print(f"  concurrency {c}: {time.perf_counter() - t0:.0f} s")
-                table("online: streaming chat, ~200-word prompts, 128 output tokens", levels)
+                table(f"online: streaming chat, ~{args.prompt_words}-word prompts, 128 output tokens", levels)
                 plot.plot_runs(
                     {"r1serve": levels},
                     args.out / f"online-{args.shape}.png",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import threading
 from pathlib import Path
 
 import jinja2
@@ -89,6 +91,27 @@ def test_encode_decode_like_transformers(tok: Tokenizer, hf_tok) -> None:
     assert tok.decode(ids, skip_special_tokens=False) == hf_tok.decode(ids)
     assert tok.eos_token_id == hf_tok.eos_token_id
     assert tok.vocab_size == len(hf_tok)
+
+
+def test_encode_off_loop_tokenises_on_another_thread_with_the_same_ids(tok: Tokenizer) -> None:
+    text = "Hello, world! " * 200
+    seen: list[int] = []
+    encode = tok.encode
+
+    def recording(*args, **kwargs) -> list[int]:
+        seen.append(threading.get_ident())
+        return encode(*args, **kwargs)
+
+    async def main() -> tuple[list[int], int]:
+        return await tok.encode_off_loop(text), threading.get_ident()
+
+    tok.encode = recording
+    try:
+        ids, loop_thread = asyncio.run(main())
+    finally:
+        del tok.encode
+    assert ids == tok.encode(text) and len(ids) > 200
+    assert seen and loop_thread not in seen  # the event loop stayed free to deliver other streams
 
 
 def test_template_helpers_match_transformers() -> None:

@@ -98,7 +98,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     state.require_ready()
     state.check_model(body.model)
     prompt = _prompt(state, body)
-    prompt_ids = state.runner.tokenizer.encode(prompt)
+    prompt_ids = await state.runner.tokenizer.encode_off_loop(prompt)
     gen = Generation(state, prompt_ids, sampling_params(body, state, len(prompt_ids)))
     starts_in_reasoning = prompt.rstrip().endswith(THINK_START)
     base = {"id": f"chatcmpl-{gen.id}", "created": gen.created, "model": state.model_name}
@@ -151,7 +151,7 @@ async def completions(body: CompletionRequest, request: Request):
     state.check_model(body.model)
     tokenizer = state.runner.tokenizer
     if isinstance(body.prompt, str):
-        prompt_ids = tokenizer.encode(body.prompt)
+        prompt_ids = await tokenizer.encode_off_loop(body.prompt)
     else:
         check_token_ids(body.prompt, tokenizer.vocab_size, "prompt")
         prompt_ids = list(body.prompt)
