@@ -9,7 +9,8 @@ from fastapi import Request
 from r1serve.api.errors import APIError
 
 
-def require_api_key(request: Request) -> None:
+# async although it never awaits: FastAPI runs a plain `def` dependency on a worker thread, a hop per request.
+async def require_api_key(request: Request) -> None:
     key = request.app.state.server.settings.api_key
     if key is None:
         return
