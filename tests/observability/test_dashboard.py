@@ -55,6 +55,7 @@ def test_dashboard_shows_every_signal_the_issue_lists() -> None:
         rec + "inference_error_ratio:rate2m",  # error rate
         "vllm:time_to_first_token_seconds_bucket",
         "vllm:inter_token_latency_seconds_bucket",
+        "r1serve_engine_step_interval_seconds_bucket",  # the engine's share of the ITL
         "vllm:num_requests_running",
         "vllm:num_requests_waiting",
         "vllm:kv_cache_usage_perc",
