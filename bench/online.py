@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import multiprocessing
 import random
 import time
+from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,24 +128,42 @@ SERVER_HISTOGRAMS = (STEP_INTERVAL, SERVER_TTFT)
 
 
 def server_histograms(base_url: str) -> dict[str, list[tuple[float, float]]]:
-    """SERVER_HISTOGRAMS as the server's /metrics has them now: (upper bound, cumulative count) pairs."""
-    text = httpx.get(f"{base_url}/metrics", timeout=30).text
-    return {
-        family.name: [(float(s.labels["le"]), s.value) for s in family.samples if s.name.endswith("_bucket")]
-        for family in text_string_to_metric_families(text)
-        if family.name in SERVER_HISTOGRAMS
-    }
+    """SERVER_HISTOGRAMS as the server's /metrics has them now (`parse_histograms`)."""
+    return parse_histograms(httpx.get(f"{base_url}/metrics", timeout=30).text)
+
+
+def parse_histograms(text: str) -> dict[str, list[tuple[float, float]]]:
+    """SERVER_HISTOGRAMS in a Prometheus exposition: (upper bound, cumulative count) pairs, summed
+    over the series of each (`sum by (le)`), ascending."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name in SERVER_HISTOGRAMS:
+            counts: dict[float, float] = defaultdict(float)
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    counts[float(sample.labels["le"])] += sample.value
+            out[family.name] = sorted(counts.items())
+    return out
+
+
+def histogram_increase(
+    after: list[tuple[float, float]], before: list[tuple[float, float]]
+) -> list[tuple[float, float]]:
+    """The buckets' increase between two scrapes (a bucket absent before counts from 0)."""
+    then = dict(before)
+    return [(le, n - then.get(le, 0.0)) for le, n in after]
 
 
 def bucket_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
-    """Prometheus's histogram_quantile over cumulative buckets: linear inside the bucket it falls in."""
-    if not buckets or buckets[-1][1] == 0:
-        return float("nan")
+    """Prometheus's histogram_quantile over cumulative buckets: linear inside the bucket it falls in,
+    the last finite bound past it; NaN with no observations or no +Inf bucket."""
+    if not buckets or buckets[-1][0] != math.inf or buckets[-1][1] <= 0:
+        return math.nan
     rank = q * buckets[-1][1]
     lower, below = 0.0, 0.0
     for upper, count in buckets:
         if count >= rank:
-            if upper == float("inf"):
+            if upper == math.inf:
                 return lower
             return lower + (upper - lower) * (rank - below) / max(count - below, 1e-12)
         lower, below = upper, count
@@ -188,10 +208,7 @@ def run_level(
         [r for part in done for r in part[0]],
         max(end for _, end, _ in done) - start_at,
         sum(cpu for _, _, cpu in done),
-        {
-            name: [(le, n - n0) for (le, n), (_, n0) in zip(buckets, before[name], strict=True)]
-            for name, buckets in after.items()
-        },
+        {name: histogram_increase(buckets, before.get(name, [])) for name, buckets in after.items()},
     )
 
 

@@ -32,3 +32,24 @@ def test_bucket_quantile_interpolates_inside_a_bucket_as_prometheus_does() -> No
     assert online.bucket_quantile(0.99, [(0.001, 0.0), (math.inf, 10.0)]) == 0.001
     assert math.isnan(online.bucket_quantile(0.99, [(0.001, 0.0), (math.inf, 0.0)]))
     assert math.isnan(online.bucket_quantile(0.99, []))
+    # inside the first bucket, from 0; no +Inf bucket (a truncated scrape): no answer
+    assert math.isclose(online.bucket_quantile(0.5, [(0.002, 10.0), (math.inf, 10.0)]), 0.001)
+    assert math.isnan(online.bucket_quantile(0.5, [(0.001, 5.0), (0.002, 10.0)]))
+
+
+def test_server_histograms_sum_their_series_and_count_a_level_s_increase() -> None:
+    text = """# TYPE r1serve_engine_step_interval_seconds histogram
+r1serve_engine_step_interval_seconds_bucket{le="0.002",model_name="a"} 3.0
+r1serve_engine_step_interval_seconds_bucket{le="+Inf",model_name="a"} 4.0
+r1serve_engine_step_interval_seconds_bucket{le="0.002",model_name="b"} 1.0
+r1serve_engine_step_interval_seconds_bucket{le="+Inf",model_name="b"} 6.0
+r1serve_engine_step_interval_seconds_count{model_name="a"} 4.0
+r1serve_engine_step_interval_seconds_sum{model_name="a"} 0.01
+# TYPE other_seconds histogram
+other_seconds_bucket{le="+Inf"} 9.0
+"""
+    parsed = online.parse_histograms(text)
+    assert parsed == {online.STEP_INTERVAL: [(0.002, 4.0), (math.inf, 10.0)]}
+    # a bucket that appeared during the level counts from 0
+    increase = online.histogram_increase(parsed[online.STEP_INTERVAL], [(math.inf, 4.0)])
+    assert increase == [(0.002, 4.0), (math.inf, 6.0)]

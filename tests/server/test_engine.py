@@ -385,3 +385,28 @@ def test_engine_failure_ends_every_stream_and_later_requests(runner: ModelRunner
     assert [str(e) for e in errors] == ["rank 1 died", "rank 1 died"]
     assert 2 <= tokens < 40
     assert failures == ["rank 1 died"]
+
+
+def test_the_engine_loop_reports_its_pace_between_back_to_back_steps(runner: ModelRunner) -> None:
+    """`EngineStats.step_interval`: 0 for a step after idle (no previous step to measure from), the
+    seconds since the previous step's start while the engine steps back to back."""
+    from r1serve.engine.core import EngineCore
+
+    params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+    adds = iter(
+        [[("add", 1, PROMPTS[0], params, frozenset())], [("add", 2, PROMPTS[1], params, frozenset())]]
+    )
+    stepped: list[float] = []
+
+    def receive(block: bool):  # each request arrives while the engine is idle; then stop
+        return next(adds, None) if block else []
+
+    def emit(events, stats) -> None:
+        if stats.batch_size:
+            stepped.append(stats.step_interval)
+
+    EngineCore(engine_for(runner)).run(receive, emit)
+    # two idle spells, four steps after each (a prefill and three decodes)
+    assert len(stepped) == 8
+    assert stepped[0] == 0 and stepped[4] == 0
+    assert all(x > 0 for i, x in enumerate(stepped) if i not in (0, 4))

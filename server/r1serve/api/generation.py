@@ -90,7 +90,12 @@ def finish_reason_name(reason: FinishReason | None) -> str | None:
 class Generation:
     """Text deltas of one request; `finish_reason` and `num_tokens` are set as it runs."""
 
-    def __init__(self, state: ServerState, prompt_ids: list[int], params: SamplingParams) -> None:
+    def __init__(
+        self, state: ServerState, prompt_ids: list[int], params: SamplingParams, arrived: float | None = None
+    ) -> None:
+        """`arrived`: perf_counter() when the request arrived (metrics.ARRIVED_KEY), where TTFT and
+        E2E start; now if not given."""
+        self.arrived = time.perf_counter() if arrived is None else arrived
         engine = state.require_ready()
         runner = state.runner
         eos = frozenset(runner.generation_defaults.eos_token_ids)
@@ -123,7 +128,7 @@ class Generation:
     async def deltas(self) -> AsyncIterator[str]:
         metrics, name = self.state.metrics, self.state.model_name
         ttft, itl = metrics.ttft.labels(name), metrics.itl.labels(name)  # once, not per token
-        start = last = time.perf_counter()
+        start = last = self.arrived
         try:
             if delay := self.state.settings.test_delay_seconds:
                 await asyncio.sleep(delay)  # test only: see Settings.test_delay_seconds

@@ -23,7 +23,7 @@ from r1serve.api.generation import (
     sse_error,
     unless_disconnected,
 )
-from r1serve.api.metrics import LATE_STATUS_KEY
+from r1serve.api.metrics import ARRIVED_KEY, LATE_STATUS_KEY
 from r1serve.api.schemas import ChatCompletionRequest, CompletionRequest
 from r1serve.api.state import ServerState
 from r1serve.engine.async_engine import EngineError
@@ -99,7 +99,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     state.check_model(body.model)
     prompt = _prompt(state, body)
     prompt_ids = await state.runner.tokenizer.encode_off_loop(prompt)
-    gen = Generation(state, prompt_ids, sampling_params(body, state, len(prompt_ids)))
+    gen = Generation(
+        state, prompt_ids, sampling_params(body, state, len(prompt_ids)), request.scope.get(ARRIVED_KEY)
+    )
     starts_in_reasoning = prompt.rstrip().endswith(THINK_START)
     base = {"id": f"chatcmpl-{gen.id}", "created": gen.created, "model": state.model_name}
 
@@ -158,7 +160,7 @@ async def completions(body: CompletionRequest, request: Request):
     if not prompt_ids:
         raise APIError(400, "the prompt is empty", param="prompt")
     params = sampling_params(body, state, len(prompt_ids), COMPLETIONS_DEFAULT_MAX_TOKENS)
-    gen = Generation(state, prompt_ids, params)
+    gen = Generation(state, prompt_ids, params, request.scope.get(ARRIVED_KEY))
     base = {
         "id": f"cmpl-{gen.id}",
         "object": "text_completion",

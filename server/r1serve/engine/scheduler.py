@@ -11,8 +11,8 @@ While any sequence is decoding, prompt tokens per step are capped (`max_prefill_
 so a long prompt joins in chunks instead of stalling every stream for one long step; with nothing
 decoding a prompt gets the whole `max_num_batched_tokens` budget. On a GPU a step is padded up to
 the next size of its CUDA graphs (`step_sizes`), so the cap grows to fill that size: the padding
-rows would be computed anyway, and prompt tokens in their place cost next to nothing (64 decodes
-and a 512-token cap make 576 tokens, padded to 640: 576 prompt tokens fit in the same step).
+rows' matmuls run anyway, and prompt tokens in their place add only their attention and KV blocks
+(64 decodes and a 512-token cap make 576 tokens, padded to 640: 576 prompt tokens fit in the step).
 """
 
 from __future__ import annotations
