@@ -21,8 +21,8 @@ part gputests 240 bash bench/device.sh python3 -m pytest -q -p no:cacheprovider 
 bash bench/device.sh python3 -c "from pathlib import Path; from bench.shapes import write_checkpoint; \
 write_checkpoint(Path('/tmp/bench-1.5b'), '1.5b')" > /dev/null
 export R1SERVE_ENGINE_PROCESS=true R1SERVE_ASYNC_SCHEDULING=true R1SERVE_API_SERVERS=2
-part long 120 bash bench/device.sh python3 -m bench --shape 1.5b --cases online --levels 64,128 \
-  --prompt-words 2000 --out "$OUT/long"
+part long 150 bash bench/device.sh python3 -m bench --shape 1.5b --cases online --levels 64,128 \
+  --prompt-words 2000 --requests-per-stream 4 --out "$OUT/long"
 grep -v httpx "$OUT/long.log" | grep "│"
 bash bench/device.sh python3 -c "from pathlib import Path; from bench.shapes import write_checkpoint; \
 write_checkpoint(Path('/tmp/bench-7b'), '7b')" > /dev/null
