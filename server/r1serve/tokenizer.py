@@ -120,7 +120,7 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Token ids of `text`. Rendered chat prompts already contain the BOS token, hence the default."""
-        # encode_batch releases the GIL while it works; encode does not (tokenizers 0.2x)
+        # encode_batch releases the GIL while it works; encode does not (measured with tokenizers 0.23)
         return self._tok.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
     async def encode_off_loop(self, text: str, add_special_tokens: bool = False) -> list[int]:
