@@ -69,7 +69,9 @@ class ServerProcess:
         in_a_row = 0
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"r1serve exited with {self.proc.returncode} before it was ready")
+                raise RuntimeError(
+                    f"r1serve exited with {self.proc.returncode} before it was ready{self._log_tail()}"
+                )
             try:
                 ok = httpx.get(f"{self.base_url}/ready", timeout=2).status_code == 200
             except httpx.HTTPError:
@@ -79,7 +81,14 @@ class ServerProcess:
                 return
             if not ok:
                 time.sleep(0.2)
-        raise TimeoutError(f"r1serve at {self.base_url} not ready after {timeout:.0f}s")
+        raise TimeoutError(f"r1serve at {self.base_url} not ready after {timeout:.0f}s{self._log_tail()}")
+
+    def _log_tail(self, lines: int = 12) -> str:
+        """The end of the server's log, for an error that would otherwise say only that it failed."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        return "; its log ends:\n" + "\n".join(tail) if tail else ""
 
     def terminate(self) -> None:
         """Send SIGTERM (the server drains) without waiting."""

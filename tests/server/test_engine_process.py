@@ -26,6 +26,9 @@ from r1ops.processes import ServerProcess
 
 pytestmark = pytest.mark.slow
 CUDA = torch.cuda.is_available()
+# On a GPU a fixed KV cache: sized from free memory it would be ~125 GiB of 16-token blocks of the tiny
+# model (32.8M blocks, ~45 s to set up on an H200), and it would depend on what else holds the GPU.
+FIXED_CACHE = {"kv_cache_memory": 2**28} if CUDA else {}
 
 
 def engine_child(server: ServerProcess) -> psutil.Process:
@@ -64,9 +67,8 @@ def test_process_and_thread_give_the_same_tokens(start_server, device: str) -> N
     """Greedy and seeded requests: token for token equal. One at a time: concurrent requests would share
     steps as each server's timing happens to batch them, and a batch's shape may change the rounding
     (bf16 on the GPU, and float32 too on a near-tie), so equal tokens would rest on luck."""
-    # on the GPU a fixed cache: sized from free memory, the second server would find the first's
-    fixed = {"kv_cache_memory": 2**28} if device == "cuda" else {}
-    servers = [start_server(device=device, engine_process=mode, **fixed) for mode in (True, False)]
+    # a fixed cache on the GPU: sized from free memory, the second server would also find the first's
+    servers = [start_server(device=device, engine_process=mode, **FIXED_CACHE) for mode in (True, False)]
     requests = [(f"Prompt number {i} says", {"temperature": 0}) for i in range(4)]
     requests += [("Seeded", {"temperature": 1.0, "seed": 11})]
     texts = []
@@ -77,7 +79,7 @@ def test_process_and_thread_give_the_same_tokens(start_server, device: str) -> N
 
 
 def test_aborted_stream_frees_the_kv_cache_in_the_child(start_server) -> None:
-    server = start_server(engine_process=True)
+    server = start_server(engine_process=True, **FIXED_CACHE)
     lines = stream_lines(server, 3000)
     for _ in range(5):
         next(lines)
@@ -92,7 +94,7 @@ def test_aborted_stream_frees_the_kv_cache_in_the_child(start_server) -> None:
 
 
 def test_engine_process_dying_fails_in_flight_requests_and_the_server_exits(start_server) -> None:
-    server = start_server(engine_process=True)
+    server = start_server(engine_process=True, **FIXED_CACHE)
     lines = stream_lines(server, 3000)
     received = [next(lines) for _ in range(3)]
     engine_child(server).send_signal(signal.SIGKILL)
@@ -134,7 +136,7 @@ def test_tensor_parallel_ranks_start_from_the_engine_process(start_server) -> No
 def test_engine_process_exits_when_the_api_process_is_killed(start_server) -> None:
     """A SIGKILL runs none of the API process's clean-up: the engine child's lifeline must end it, so no
     engine outlives the server holding a GPU. Bounded by the wait, not timed."""
-    server = start_server(engine_process=True)
+    server = start_server(engine_process=True, **FIXED_CACHE)
     child = engine_child(server)
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait(30)
@@ -153,3 +155,12 @@ def test_the_engine_process_starts_before_the_server_imports_torch() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_server_that_fails_to_start_shows_why(tmp_path: Path) -> None:
+    """The harness's error carries the end of the server's log: a start-up failure seen only on another
+    machine (the GPU's) must say why without a second run to fetch the log."""
+    (tmp_path / "m").mkdir()
+    server = ServerProcess(tmp_path / "m", log_path=tmp_path / "server.log")
+    with pytest.raises(RuntimeError, match=r"(?s)exited with 1 before it was ready.*config\.json"):
+        server.start()
