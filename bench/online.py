@@ -120,11 +120,13 @@ class LevelRun:
     server: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
 
-# The server's side of the client's figures: the engine's step pace (its share of the ITL) and the
-# TTFT from a request's arrival in the API process (the rest of the client's TTFT is HTTP).
+# The server's side of the client's figures: the engine's step pace (its share of the ITL), each
+# token's delivery from the engine to its request's handler (the API process's share), and the TTFT
+# from a request's arrival in the API process (the rest of the client's TTFT is HTTP).
 STEP_INTERVAL = "r1serve_engine_step_interval_seconds"
+TOKEN_DELIVERY = "r1serve_token_delivery_seconds"
 SERVER_TTFT = "vllm:time_to_first_token_seconds"
-SERVER_HISTOGRAMS = (STEP_INTERVAL, SERVER_TTFT)
+SERVER_HISTOGRAMS = (STEP_INTERVAL, TOKEN_DELIVERY, SERVER_TTFT)
 
 
 def server_histograms(base_url: str) -> dict[str, list[tuple[float, float]]]:
@@ -263,6 +265,8 @@ def summarise(concurrency: int, run: LevelRun) -> dict:
         "server_ttft_p99_ms": 1e3 * bucket_quantile(0.99, run.server.get(SERVER_TTFT, [])),
         "engine_step_p50_ms": 1e3 * bucket_quantile(0.5, run.server.get(STEP_INTERVAL, [])),
         "engine_step_p99_ms": 1e3 * bucket_quantile(0.99, run.server.get(STEP_INTERVAL, [])),
+        "delivery_p50_ms": 1e3 * bucket_quantile(0.5, run.server.get(TOKEN_DELIVERY, [])),
+        "delivery_p99_ms": 1e3 * bucket_quantile(0.99, run.server.get(TOKEN_DELIVERY, [])),
         "e2e_p50_s": percentile([r.e2e for r in ok], 0.5),
         "e2e_p99_s": percentile([r.e2e for r in ok], 0.99),
         "output_tok_s": sum(r.output_tokens for r in ok) / wall,

@@ -86,13 +86,15 @@ SERVICE = [
         ],
     ),
     panel(
-        "Inter-token latency P50 / P99, and the engine's share (step interval P99)",
+        "Inter-token latency P50 / P99, the engine's share (step interval P99) and delivery's (P99)",
         "s",
         [
             target(quantile(0.99, "vllm:inter_token_latency_seconds"), f"P99 {H}"),
             target(quantile(0.5, "vllm:inter_token_latency_seconds"), f"P50 {H}"),
             # the engine's pace: ITL above it is delivery (API processes, HTTP), not the GPU
             target(quantile(0.99, "r1serve_engine_step_interval_seconds"), f"engine step P99 {H}"),
+            # each token's way from the engine to its request's handler: the API process's backlog
+            target(quantile(0.99, "r1serve_token_delivery_seconds"), f"delivery P99 {H}"),
         ],
     ),
     panel(

@@ -21,6 +21,7 @@ def test_a_level_split_over_client_processes_sends_every_request_once(start_serv
     assert run.server[online.STEP_INTERVAL][-1][1] > 0
     assert run.server[online.SERVER_TTFT][-1][1] == 2 * concurrency  # every request's first token
     assert 0 < row["engine_step_p50_ms"] <= row["engine_step_p99_ms"]
+    assert 0 < row["delivery_p50_ms"] <= row["delivery_p99_ms"]  # and each token's way to its handler
     assert row["server_ttft_p99_ms"] > 0
 
 

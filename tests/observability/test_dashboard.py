@@ -56,6 +56,7 @@ def test_dashboard_shows_every_signal_the_issue_lists() -> None:
         "vllm:time_to_first_token_seconds_bucket",
         "vllm:inter_token_latency_seconds_bucket",
         "r1serve_engine_step_interval_seconds_bucket",  # the engine's share of the ITL
+        "r1serve_token_delivery_seconds_bucket",  # the API process's share
         "vllm:num_requests_running",
         "vllm:num_requests_waiting",
         "vllm:kv_cache_usage_perc",

@@ -254,7 +254,7 @@ def test_metrics_count_every_response_and_pass_promtool(
         "vllm:time_to_first_token_seconds_bucket", "vllm:inter_token_latency_seconds_bucket",
         "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
         "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
-        "r1serve_engine_step_interval_seconds_bucket",
+        "r1serve_engine_step_interval_seconds_bucket", "r1serve_token_delivery_seconds_bucket",
     ):  # fmt: skip
         assert f"\n{metric}{{" in text, metric
     lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)

@@ -4,8 +4,10 @@ prefix cache must never change what a request generates."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -283,14 +285,15 @@ def test_async_engine_survives_a_failing_step(runner: ModelRunner) -> None:
 
 
 def test_a_consumer_behind_the_engine_takes_every_waiting_token_at_once() -> None:
-    """Events the consumer has not read yet merge into one (one SSE chunk under load), in order; an
-    error still comes after the tokens delivered before it."""
+    """Events the consumer has not read yet merge into one (one SSE chunk under load), in order, timed
+    from the oldest token's step (the delivery histogram shows how far behind it was); an error still
+    comes after the tokens delivered before it."""
 
     async def scenario() -> tuple[list[TokenEvent], list[int], Exception | None]:
         stream = RequestStream(None, 0)  # type: ignore[arg-type]  # its engine is needed only to abort
         events = aiter(stream)
         for token in (1, 2, 3):
-            stream.events.put_nowait(TokenEvent([token]))
+            stream.events.put_nowait(TokenEvent([token], emitted=100.0 + token))
         merged = [await anext(events)]
         stream.events.put_nowait(TokenEvent([4]))
         merged.append(await anext(events))  # one waiting: as it was
@@ -313,6 +316,7 @@ def test_a_consumer_behind_the_engine_takes_every_waiting_token_at_once() -> Non
     merged, tokens, error = asyncio.run(scenario())
     assert [e.token_ids for e in merged] == [[1, 2, 3], [4], [5, 6]]
     assert [e.finish_reason for e in merged] == [None, None, FinishReason.LENGTH]
+    assert merged[0].emitted == 101.0
     assert tokens == [7, 8] and str(error) == "rank 1 died"
 
 
@@ -397,6 +401,7 @@ def test_the_engine_loop_reports_its_pace_between_back_to_back_steps(runner: Mod
         [[("add", 1, PROMPTS[0], params, frozenset())], [("add", 2, PROMPTS[1], params, frozenset())]]
     )
     stepped: list[float] = []
+    emitted: list[float] = []
 
     def receive(block: bool):  # each request arrives while the engine is idle; then stop
         return next(adds, None) if block else []
@@ -404,9 +409,12 @@ def test_the_engine_loop_reports_its_pace_between_back_to_back_steps(runner: Mod
     def emit(events, stats) -> None:
         if stats.batch_size:
             stepped.append(stats.step_interval)
+            emitted.append(stats.emitted)
 
     EngineCore(engine_for(runner)).run(receive, emit)
     # two idle spells, four steps after each (a prefill and three decodes)
     assert len(stepped) == 8
     assert stepped[0] == 0 and stepped[4] == 0
     assert all(x > 0 for i, x in enumerate(stepped) if i not in (0, 4))
+    # each step's hand-over is stamped on the host's monotonic clock (the API process times delivery)
+    assert all(0 < a < b <= time.monotonic() for a, b in itertools.pairwise(emitted))

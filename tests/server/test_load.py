@@ -77,6 +77,11 @@ def test_32_concurrent_streams_complete_and_share_batches(live_server: ServerPro
         after["r1serve_engine_step_interval_seconds_sum"] > before["r1serve_engine_step_interval_seconds_sum"]
     )
     assert after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"] == 32 * tokens
+    # Every token's way from the engine to its handler is timed: one observation per event taken
+    # (a handler that fell behind takes several tokens as one), each a real, positive duration.
+    delivered = after["r1serve_token_delivery_seconds_count"] - before["r1serve_token_delivery_seconds_count"]
+    assert 32 <= delivered <= 32 * tokens
+    assert after["r1serve_token_delivery_seconds_sum"] > before["r1serve_token_delivery_seconds_sum"]
     assert after["vllm:kv_cache_usage_perc"] == 0 and after["vllm:num_requests_running"] == 0
 
 

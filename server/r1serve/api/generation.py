@@ -128,11 +128,14 @@ class Generation:
     async def deltas(self) -> AsyncIterator[str]:
         metrics, name = self.state.metrics, self.state.model_name
         ttft, itl = metrics.ttft.labels(name), metrics.itl.labels(name)  # once, not per token
+        delivery = metrics.token_delivery.labels(name)
         start = last = self.arrived
         try:
             if delay := self.state.settings.test_delay_seconds:
                 await asyncio.sleep(delay)  # test only: see Settings.test_delay_seconds
             async for event in self.stream:
+                if event.emitted and event.token_ids:
+                    delivery.observe(time.monotonic() - event.emitted)
                 text = ""
                 for token_id in event.token_ids:
                     now = time.perf_counter()

@@ -45,6 +45,12 @@ STEP_BUCKETS = (
     0.01, 0.0125, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0,
     60.0,
 )  # fmt: skip
+# A token's way from the engine to its request's handler: the pipe, the reader thread, the event loop's
+# backlog; tenths of a millisecond when the API process keeps up, milliseconds when it does not.
+DELIVERY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.0025, 0.003, 0.004, 0.005, 0.0075, 0.01,
+    0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
 EngineState = tuple[int, int, float, int]  # running, waiting, KV usage, preemptions so far
 API_PREFIX = "/v1/"
 INFERENCE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
@@ -123,6 +129,12 @@ class Metrics:
             "every running stream gets a token, before the API process delivers it.",
             label, buckets=STEP_BUCKETS, registry=r,
         )  # fmt: skip
+        self.token_delivery = Histogram(
+            "r1serve_token_delivery_seconds",
+            "Seconds from the engine handing a step's tokens over to each request's handler taking its "
+            "token: the API process's share of the ITL (the pipe, its event loop's backlog).",
+            label, buckets=DELIVERY_BUCKETS, registry=r,
+        )  # fmt: skip
         self.engine_gauges = EngineGauges(model_name, engine_state)
         r.register(self.engine_gauges)
         # Children exist from the start, so rate() has a zero to start from.
@@ -137,6 +149,7 @@ class Metrics:
             metric.labels(model_name)
         self.batch_size.labels(model_name)
         self.step_interval.labels(model_name)
+        self.token_delivery.labels(model_name)
         # The series the gates divide exist at 0 before the first request: a series born with a
         # non-zero value loses that first increase in rate(), and a brand-new canary would look idle.
         for route in INFERENCE_ROUTES:

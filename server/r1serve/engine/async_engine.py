@@ -47,6 +47,7 @@ class TokenEvent:
     token_ids: list[int]
     finish_reason: FinishReason | None = None
     error: Exception | None = None
+    emitted: float = 0.0  # EngineStats.emitted of its (first) token's step; 0: not from a step
 
 
 class RequestStream:
@@ -70,7 +71,8 @@ class RequestStream:
                 if later.error is not None:  # the tokens before it first
                     self.events.put_nowait(later)  # empty before this put: it is next again
                     break
-                event = TokenEvent(event.token_ids + later.token_ids, later.finish_reason)
+                tokens = event.token_ids + later.token_ids
+                event = TokenEvent(tokens, later.finish_reason, None, event.emitted)  # timed from the oldest
             if event.error is not None:
                 raise event.error
             yield event
@@ -172,7 +174,7 @@ class EngineClient:
 
     def _deliver(self, events: list[Event], stats: EngineStats) -> None:
         self.stats = stats
-        streams = self._streams
+        streams, emitted = self._streams, stats.emitted
         for request_id, token_id, reason, error in events:
             stream = streams.get(request_id)
             if stream is None:
@@ -181,7 +183,7 @@ class EngineClient:
                 event = TokenEvent([], error=EngineError(error))
             else:
                 tokens = [] if token_id is None else [token_id]
-                event = TokenEvent(tokens, None if reason is None else FinishReason(reason))
+                event = TokenEvent(tokens, None if reason is None else FinishReason(reason), None, emitted)
                 if reason is None:
                     stream.events.put_nowait(event)
                     continue

@@ -41,6 +41,9 @@ class EngineStats(NamedTuple):
     # after idle): the pace at which every running stream gets a token, as the engine sets it.
     step_interval: float = 0.0
     num_added: int = 0  # add commands applied so far: the ones sent after these are still in transit
+    # time.monotonic() when the events were handed over: CLOCK_MONOTONIC, one clock for every process
+    # of the host, so the API process can time its own share of the ITL (delivery) from here.
+    emitted: float = 0.0
 
 
 # block: the engine is idle, wait for a command. Returns the commands that came, or None: stop.
@@ -88,7 +91,7 @@ class EngineCore:
         return EngineStats(
             len(scheduler.running), len(scheduler.waiting), engine.block_manager.usage,
             scheduler.num_preemptions, engine.last_batch_size if stepped else 0,
-            engine.last_batch_tokens if stepped else 0, step_interval, self._num_added,
+            engine.last_batch_tokens if stepped else 0, step_interval, self._num_added, time.monotonic(),
         )  # fmt: skip
 
     def _apply(self, command: Command) -> list[Event]:
