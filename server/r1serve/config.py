@@ -42,15 +42,6 @@ class Settings(BaseSettings):
         description="prompt tokens per engine step while any sequence is decoding (0 = no cap); on a GPU "
         "grown to fill the CUDA graph the step is padded to",
     )
-    # A prompt chunk costs the decoding streams its extra step time times their number: with few
-    # decoding (a burst's first wave) a larger chunk delays only those few, and prefills the burst in
-    # a few steps instead of dozens that delay every stream (docs/PERFORMANCE.md, session 9).
-    prefill_cap_decodes: int = Field(
-        0,
-        ge=0,
-        description="with fewer sequences decoding than this, the prompt cap scales by this / decodes "
-        "(up to max_num_batched_tokens); 0 = the cap is fixed",
-    )
     kv_cache_memory: ByteSize = Field(
         ByteSize(0), description="KV cache budget, bytes or '512MiB' (0 = auto)"
     )

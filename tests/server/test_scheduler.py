@@ -8,19 +8,13 @@ BS = 4
 
 
 def make(
-    num_blocks: int = 16,
-    max_num_seqs: int = 8,
-    budget: int = 64,
-    prefill_cap: int = 0,
-    step_sizes=(),
-    cap_decodes: int = 0,
+    num_blocks: int = 16, max_num_seqs: int = 8, budget: int = 64, prefill_cap: int = 0, step_sizes=()
 ) -> Scheduler:
     return Scheduler(
         BlockManager(num_blocks, BS),
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=budget,
         max_prefill_tokens_when_decoding=prefill_cap,
-        prefill_cap_decodes=cap_decodes,
         step_sizes=step_sizes,
     )
 
@@ -117,30 +111,6 @@ def test_the_prompt_cap_grows_to_fill_the_step_size_it_is_padded_to() -> None:
     run_step(s)
     s.add(seq(30, 100))
     assert sum(ch.num_tokens for ch in run_step(s)) == 10
-
-
-def test_the_prompt_cap_scales_up_while_few_sequences_decode() -> None:
-    """prefill_cap_decodes=4: beside 1 decode the cap of 4 becomes 16, beside 2 it is 8, from 4
-    decodes on it is 4; never more than the step's whole budget."""
-    s = make(num_blocks=64, max_num_seqs=8, budget=40, prefill_cap=4, cap_decodes=4)
-    s.add(seq(4))
-    run_step(s)  # one sequence decodes from now on
-    burst = [seq(12, 100 * (i + 1)) for i in range(5)]
-    for x in burst:
-        s.add(x)
-    prompt_tokens = []
-    while any(x.num_output_tokens == 0 for x in burst):
-        chunks = run_step(s)
-        prompt_tokens.append(sum(ch.num_tokens for ch in chunks if ch.num_tokens > 1))
-    # 1 decode: 16 (12 + 4 of the next); 2 decodes: 8; 3: 5 (4 * 4 // 3) until a third prompt is
-    # in; then 4 a step
-    assert prompt_tokens[:6] == [16, 8, 5, 5, 5, 4]
-    # the budget bounds the scaled cap: 1 decode would allow 4 * 8 = 32 prompt tokens, 10 fit
-    s = make(num_blocks=64, budget=11, prefill_cap=4, cap_decodes=8)
-    s.add(seq(4))
-    run_step(s)
-    s.add(seq(30, 100))
-    assert sum(ch.num_tokens for ch in run_step(s)) == 11
 
 
 def test_prompts_get_the_whole_budget_when_nothing_decodes() -> None:

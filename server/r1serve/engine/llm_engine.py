@@ -103,7 +103,6 @@ class LLMEngine:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         max_prefill_tokens_when_decoding: int = 0,
-        prefill_cap_decodes: int = 0,
         async_scheduling: bool = False,
     ) -> None:
         self.runner = runner
@@ -118,7 +117,6 @@ class LLMEngine:
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
             max_prefill_tokens_when_decoding=max_prefill_tokens_when_decoding,
-            prefill_cap_decodes=prefill_cap_decodes,
             step_sizes=getattr(runner, "mixed_step_sizes", ()),
         )
         self.sampler = Sampler()

@@ -59,7 +59,6 @@ def build_engine(settings: Settings) -> tuple[ModelRunner, LLMEngine]:
         max_num_seqs=s.max_num_seqs,
         max_num_batched_tokens=max(s.max_num_batched_tokens, s.max_num_seqs),
         max_prefill_tokens_when_decoding=s.max_prefill_tokens_when_decoding,
-        prefill_cap_decodes=s.prefill_cap_decodes,
         async_scheduling=s.async_scheduling,
     )
     log.info(

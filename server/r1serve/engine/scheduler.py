@@ -13,12 +13,6 @@ decoding a prompt gets the whole `max_num_batched_tokens` budget. On a GPU a ste
 the next size of its CUDA graphs (`step_sizes`), so the cap grows to fill that size: the padding
 rows' matmuls run anyway, and prompt tokens in their place add only their attention and KV blocks
 (64 decodes and a 512-token cap make 576 tokens, padded to 640: 576 prompt tokens fit in the step).
-
-With few sequences decoding, the cap grows (`prefill_cap_decodes`): what a step's prompt chunk costs
-the streams is its extra time times the streams it delays, so below `prefill_cap_decodes` decodes
-the cap scales by prefill_cap_decodes / decodes (up to the whole budget). A burst of new requests
-(a level's first wave, a scale-up's first minute) then prefills in a few large steps that delay a
-few streams, not in dozens of capped steps that delay them all: TTFT and ITL tails both shrink.
 """
 
 from __future__ import annotations
@@ -52,14 +46,12 @@ class Scheduler:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         max_prefill_tokens_when_decoding: int = 0,
-        prefill_cap_decodes: int = 0,
         step_sizes: tuple[int, ...] = (),
     ) -> None:
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_prefill_tokens_when_decoding = max_prefill_tokens_when_decoding  # 0 = no cap
-        self.prefill_cap_decodes = prefill_cap_decodes  # 0 = the cap is the same at any number of decodes
         self.step_sizes = sorted(step_sizes)  # ascending token counts a step is padded to
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -113,7 +105,7 @@ class Scheduler:
             left = seq.num_uncomputed_tokens
             (prefills if left > 1 else decodes).append((seq, left))
         cap = self.max_prefill_tokens_when_decoding
-        prefill_budget = self._prefill_budget(len(decodes), cap, budget) if decodes and cap > 0 else budget
+        prefill_budget = min(self._filled_cap(len(decodes), cap), budget) if decodes and cap > 0 else budget
         pending = deque(decodes)
         pending.extend(prefills)
         preempted = False
@@ -169,13 +161,6 @@ class Scheduler:
             budget -= n
             prefill_budget -= n
         return chunks
-
-    def _prefill_budget(self, num_decodes: int, cap: int, budget: int) -> int:
-        """Prompt tokens beside `num_decodes` decodes: the cap, scaled up while few decode (at most
-        the step's whole budget), then grown to fill the step's padded size."""
-        if num_decodes < self.prefill_cap_decodes:
-            cap = max(cap, cap * self.prefill_cap_decodes // num_decodes)
-        return min(self._filled_cap(num_decodes, cap), budget)
 
     def _filled_cap(self, num_decodes: int, cap: int) -> int:
         """The prompt-token cap beside `num_decodes` decodes, grown to fill the step size the step
