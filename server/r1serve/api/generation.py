@@ -196,8 +196,28 @@ def engine_error(exc: EngineError) -> APIError:
     return APIError(500, str(exc), code="engine_error")
 
 
+def _dumps(value: object) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def sse(payload: dict) -> bytes:
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + _dumps(payload) + b"\n\n"
+
+
+TEXT_SLOT = "\x00r1serve-text\x00"  # where SSETemplate's text goes: no real text holds NULs
+
+
+class SSETemplate:
+    """The SSE chunks of one request that differ only in one text field: `payload` with `TEXT_SLOT` where
+    the text goes is serialised once, and each chunk fills in only the text. Per token that is one
+    string's JSON instead of a dict's (~1 us against ~4.6 us on the dev VM): a streamed token's
+    whole API cost is ~55 us, paid one stream after another on the event loop."""
+
+    def __init__(self, payload: dict) -> None:
+        self._head, self._tail = sse(payload).split(_dumps(TEXT_SLOT))
+
+    def __call__(self, text: str) -> bytes:
+        return self._head + _dumps(text) + self._tail
 
 
 SSE_DONE = b"data: [DONE]\n\n"

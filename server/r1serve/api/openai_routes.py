@@ -14,8 +14,10 @@ from r1serve.api.errors import APIError
 from r1serve.api.generation import (
     SSE_DONE,
     SSE_HEADERS,
+    TEXT_SLOT,
     ClientGone,
     Generation,
+    SSETemplate,
     check_token_ids,
     engine_error,
     sampling_params,
@@ -117,17 +119,29 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         choice = {"index": 0, "message": message, "finish_reason": gen.finish_reason, "logprobs": None}
         return {**base, "object": "chat.completion", "choices": [choice], "usage": gen.usage}
 
-    def chunk(delta: dict, finish_reason: str | None = None) -> bytes:
+    def payload(delta: dict, finish_reason: str | None = None) -> dict:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
-        return sse({**base, "object": "chat.completion.chunk", "choices": [choice]})
+        return {**base, "object": "chat.completion.chunk", "choices": [choice]}
+
+    def chunk(delta: dict, finish_reason: str | None = None) -> bytes:
+        return sse(payload(delta, finish_reason))
+
+    # nearly every token's chunk: reasoning or content alone
+    reasoning_chunk = SSETemplate(payload({"reasoning_content": TEXT_SLOT}))
+    content_chunk = SSETemplate(payload({"content": TEXT_SLOT}))
 
     async def events() -> AsyncIterator[bytes]:
         parser = ReasoningParser(starts_in_reasoning)
         yield chunk({"role": "assistant", "content": ""})
         async with aclosing(gen.deltas()) as deltas:
             async for text in deltas:
-                if delta := _reasoning_delta(*parser.feed(text)):
-                    yield chunk(delta)
+                reasoning, content = parser.feed(text)
+                if reasoning and content:  # the token that ends the reasoning
+                    yield chunk(_reasoning_delta(reasoning, content))
+                elif reasoning:
+                    yield reasoning_chunk(reasoning)
+                elif content:
+                    yield content_chunk(content)
         if delta := _reasoning_delta(*parser.flush()):
             yield chunk(delta)
         yield chunk({}, gen.finish_reason)
@@ -178,13 +192,11 @@ async def completions(body: CompletionRequest, request: Request):
         choice = {"index": 0, "text": echo + text, "finish_reason": gen.finish_reason, "logprobs": None}
         return {**base, "choices": [choice], "usage": gen.usage}
 
-    def chunk(text: str, finish_reason: str | None = None) -> bytes:
-        return sse(
-            {
-                **base,
-                "choices": [{"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}],
-            }
-        )
+    def payload(text: str, finish_reason: str | None = None) -> dict:
+        choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+        return {**base, "choices": [choice]}
+
+    chunk = SSETemplate(payload(TEXT_SLOT))  # every chunk but the last
 
     async def events() -> AsyncIterator[bytes]:
         if echo:
@@ -192,7 +204,7 @@ async def completions(body: CompletionRequest, request: Request):
         async with aclosing(gen.deltas()) as deltas:
             async for text in deltas:
                 yield chunk(text)
-        yield chunk("", gen.finish_reason)
+        yield sse(payload("", gen.finish_reason))
         if body.include_usage:
             yield sse({**base, "choices": [], "usage": gen.usage})
 
