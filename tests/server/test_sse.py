@@ -15,7 +15,7 @@ def test_a_template_fills_in_the_text_exactly_as_json_would(text: str) -> None:
     def payload(value: str) -> dict:
         delta = {"content": value}
         choice = {"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}
-        return {"id": "chatcmpl-1", "created": 1, "model": "m \"x\"", "choices": [choice]}
+        return {"id": "chatcmpl-1", "created": 1, "model": 'm "x"', "choices": [choice]}
 
     chunk = SSETemplate(payload(TEXT_SLOT))(text)
     assert chunk == sse(payload(text))
