@@ -145,11 +145,11 @@ class Metrics:
             self.itl,
             self.prompt_tokens,
             self.generation_tokens,
+            self.batch_size,
+            self.step_interval,
+            self.token_delivery,
         ):
             metric.labels(model_name)
-        self.batch_size.labels(model_name)
-        self.step_interval.labels(model_name)
-        self.token_delivery.labels(model_name)
         # The series the gates divide exist at 0 before the first request: a series born with a
         # non-zero value loses that first increase in rate(), and a brand-new canary would look idle.
         for route in INFERENCE_ROUTES:
