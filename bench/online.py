@@ -120,9 +120,9 @@ class LevelRun:
     server: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
 
-# The server's side of the client's figures: the engine's step pace (its share of the ITL), each
-# token's delivery from the engine to its request's handler (the API process's share), and the TTFT
-# from a request's arrival in the API process (the rest of the client's TTFT is HTTP).
+# The server's side of the client's figures: the engine's step pace (its share of the ITL), the
+# tokens' delivery from the engine to their request's handler (whose variation is the API process's
+# share), and the TTFT from a request's arrival in the API process (the rest of the client's is HTTP).
 STEP_INTERVAL = "r1serve_engine_step_interval_seconds"
 TOKEN_DELIVERY = "r1serve_token_delivery_seconds"
 SERVER_TTFT = "vllm:time_to_first_token_seconds"

@@ -34,7 +34,7 @@ def test_each_api_process_ids_are_unique_in_the_engine_and_its_events_come_back_
     assert commands[0][2:] == add(0)[2:]  # the rest of the command as sent
 
     events = [(0, 7, None, None), (1, 8, "length", None), (3, None, None, "boom")]
-    engine.emit(events, EngineStats(running=3, batch_size=3, num_added=3))
+    engine.emit(events, EngineStats(running=3, batch_size=3, num_added=3, emitted=12.5))
     kind, mine, stats = api[0].recv()
     assert (kind, mine, stats.num_added, stats.batch_size, stats.running) == (
         "step",
@@ -46,6 +46,8 @@ def test_each_api_process_ids_are_unique_in_the_engine_and_its_events_come_back_
     kind, mine, stats = api[1].recv()
     assert mine == [(0, 8, "length", None), (1, None, None, "boom")]
     assert (stats.num_added, stats.batch_size, stats.running) == (2, 0, 3)  # the batch is counted by 0 only
+    # each API process times its tokens' delivery from the engine's own hand-over stamp
+    assert stats.emitted == 12.5
 
 
 def test_the_engine_stops_when_the_last_api_process_has_stopped_or_gone() -> None:

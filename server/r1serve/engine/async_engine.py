@@ -71,8 +71,9 @@ class RequestStream:
                 if later.error is not None:  # the tokens before it first
                     self.events.put_nowait(later)  # empty before this put: it is next again
                     break
+                # the merged event's delivery is timed from its oldest token's hand-over
                 tokens = event.token_ids + later.token_ids
-                event = TokenEvent(tokens, later.finish_reason, None, event.emitted)  # timed from the oldest
+                event = TokenEvent(tokens, later.finish_reason, emitted=event.emitted)
             if event.error is not None:
                 raise event.error
             yield event
@@ -183,7 +184,7 @@ class EngineClient:
                 event = TokenEvent([], error=EngineError(error))
             else:
                 tokens = [] if token_id is None else [token_id]
-                event = TokenEvent(tokens, None if reason is None else FinishReason(reason), None, emitted)
+                event = TokenEvent(tokens, None if reason is None else FinishReason(reason), emitted=emitted)
                 if reason is None:
                     stream.events.put_nowait(event)
                     continue
