@@ -119,3 +119,22 @@ def test_double_free_is_caught() -> None:
     a.block_table = table
     with pytest.raises(AssertionError):
         bm.free_seq(a)
+
+
+def test_blocks_never_used_go_first_and_a_huge_cache_costs_nothing_up_front() -> None:
+    """A small model on a large GPU has tens of millions of blocks: none is made before it is used,
+    and a block never used is handed out before a freed one, whose cached prefix survives."""
+    bm = BlockManager(10**9, BS)
+    assert bm.blocks == [] and bm.num_free_blocks == 10**9 and bm.usage == 0
+    a = seq(list(range(8)))
+    bm.allocate(a)
+    computed(bm, a)
+    a_blocks = list(a.block_table)
+    bm.free_seq(a)
+    b = seq(list(range(100, 108)))
+    bm.allocate(b)
+    assert not set(b.block_table) & set(a_blocks)  # fresh blocks, not a's cached ones
+    again = seq([*range(8), 9])
+    bm.allocate(again)
+    assert again.block_table[:2] == a_blocks and again.num_cached_tokens == 8
+    assert bm.num_free_blocks == 10**9 - 5

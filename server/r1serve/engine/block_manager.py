@@ -39,23 +39,24 @@ class BlockManager:
         if num_blocks < 1:
             raise ValueError("the KV cache needs at least one block")
         self.block_size = block_size
-        self.blocks = [Block(i) for i in range(num_blocks)]
+        self.num_blocks = num_blocks
+        # Made on first use, in id order: a small model on a large GPU has tens of millions of blocks
+        # (the tiny model on an H200: 32.8M), which took ~30 s of start-up to make up front. Ids past
+        # len(blocks) are free and hold nothing, and go before any freed block, as they would at
+        # the head of the free list.
+        self.blocks: list[Block] = []
         self.hash_to_block: dict[int, int] = {}
-        # Free blocks in eviction order (least recently freed first); cached content survives here.
-        self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.blocks)
+        # Freed blocks in eviction order (least recently freed first); cached content survives here.
+        self.free: OrderedDict[int, None] = OrderedDict()
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self.free)
+        return len(self.free) + self.num_blocks - len(self.blocks)
 
     @property
     def usage(self) -> float:
         """Fraction of blocks held by live sequences (cached-but-free blocks count as free)."""
-        return 1.0 - len(self.free) / len(self.blocks)
+        return 1.0 - self.num_free_blocks / self.num_blocks
 
     def blocks_for(self, num_tokens: int) -> int:
         return blocks_for(num_tokens, self.block_size)
@@ -90,7 +91,7 @@ class BlockManager:
     def can_allocate(self, seq: Sequence, reserve: int = 0) -> bool:
         hits = self._prefix_hits(seq)
         in_use_hits = sum(1 for b in hits if self.blocks[b].ref_count > 0)
-        return self.blocks_for(len(seq)) - in_use_hits + reserve <= len(self.free)
+        return self.blocks_for(len(seq)) - in_use_hits + reserve <= self.num_free_blocks
 
     def allocate(self, seq: Sequence) -> None:
         """Give `seq` blocks for all its current tokens, reusing cached prefix blocks."""
@@ -109,6 +110,9 @@ class BlockManager:
         self._grow(seq, len(seq))
 
     def _take_free_block(self) -> int:
+        if len(self.blocks) < self.num_blocks:  # one never used
+            self.blocks.append(Block(len(self.blocks), ref_count=1))
+            return len(self.blocks) - 1
         block_id, _ = self.free.popitem(last=False)
         block = self.blocks[block_id]
         if block.hash != NO_HASH and self.hash_to_block.get(block.hash) == block_id:
@@ -123,7 +127,7 @@ class BlockManager:
     # -- decode ----------------------------------------------------------------------------------
 
     def can_grow(self, seq: Sequence, num_tokens: int) -> bool:
-        return self.blocks_for(num_tokens) - len(seq.block_table) <= len(self.free)
+        return self.blocks_for(num_tokens) - len(seq.block_table) <= self.num_free_blocks
 
     def grow(self, seq: Sequence, num_tokens: int) -> None:
         """Make the block table cover `num_tokens` tokens (call can_grow first)."""
