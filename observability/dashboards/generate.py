@@ -93,7 +93,7 @@ SERVICE = [
             target(quantile(0.5, "vllm:inter_token_latency_seconds"), f"P50 {H}"),
             # the engine's pace: ITL above it is delivery (API processes, HTTP), not the GPU
             target(quantile(0.99, "r1serve_engine_step_interval_seconds"), f"engine step P99 {H}"),
-            # each token's way from the engine to its request's handler: the API process's backlog
+            # the tokens' way from the engine to their handler: its variation, the API process's share
             target(quantile(0.99, "r1serve_token_delivery_seconds"), f"delivery P99 {H}"),
         ],
     ),
