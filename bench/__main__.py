@@ -66,6 +66,12 @@ def main() -> None:
         help="engine cases overlap a step's host work with the GPU (online: R1SERVE_ASYNC_SCHEDULING=true)",
     )
     ap.add_argument("--tp", type=int, default=1, help="tensor_parallel_size: GPUs the model is split over")
+    ap.add_argument(
+        "--server-cpus",
+        default=None,
+        help="online: pin the server to these CPUs (taskset list, e.g. 0-3: a pod's 4-CPU limit) "
+        "and the load generator to the others",
+    )
     ap.add_argument("--model-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("bench-out"))
     args = ap.parse_args()
@@ -181,7 +187,7 @@ def main() -> None:
         free_gpu()
 
     if "coldstart" in cases or "online" in cases:
-        ready_s, server = online.cold_start(model_dir, args.out / "server.log", args.tp)
+        ready_s, server = online.cold_start(model_dir, args.out / "server.log", args.tp, args.server_cpus)
         result["cold_start_s"] = ready_s
         console.print(f"cold start to /ready: {ready_s:.1f} s")
         save()

@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import multiprocessing
+import os
 import random
 import time
 from collections import defaultdict
@@ -275,14 +276,34 @@ def summarise(concurrency: int, run: LevelRun) -> dict:
     }
 
 
-def cold_start(model_dir: Path, log: Path, tensor_parallel_size: int = 1) -> tuple[float, ServerProcess]:
-    """Seconds from process start to /ready (weights load, KV sizing, warm-up, graph capture)."""
+def cpu_list(text: str) -> set[int]:
+    """CPUs as taskset writes them: "0-3,8" -> {0, 1, 2, 3, 8}."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def cold_start(
+    model_dir: Path, log: Path, tensor_parallel_size: int = 1, server_cpus: str | None = None
+) -> tuple[float, ServerProcess]:
+    """Seconds from process start to /ready (weights load, KV sizing, warm-up, graph capture).
+
+    `server_cpus` pins the server (all its processes) to those CPUs, as a pod's CPU limit under the
+    static CPU manager would, and this process, with the client processes it starts later, to the
+    others, so the load generator does not take the server's cores."""
     settings = {
         "max_num_seqs": 256,
         "served_model_name": "bench",
         "tensor_parallel_size": tensor_parallel_size,
     }
-    server = ServerProcess(model_dir, settings=settings, log_path=log)
+    server = ServerProcess(model_dir, settings=settings, log_path=log, cpus=server_cpus)
+    if server_cpus is not None:
+        rest = os.sched_getaffinity(0) - cpu_list(server_cpus)
+        if not rest:
+            raise SystemExit(f"--server-cpus {server_cpus}: no CPU left for the load generator")
+        os.sched_setaffinity(0, rest)
     start = time.perf_counter()
     server.start(ready_timeout=600)
     return time.perf_counter() - start, server

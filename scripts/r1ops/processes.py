@@ -33,6 +33,9 @@ class ServerProcess:
     port: int = 0
     settings: dict[str, object] = field(default_factory=dict)
     log_path: Path | None = None
+    # CPUs the server and every process it spawns may run on, as taskset takes them ("0-3"): a pod
+    # with an integer CPU limit under the kubelet's static CPU manager gets exactly that many cores.
+    cpus: str | None = None
     proc: subprocess.Popen | None = None
 
     @property
@@ -56,6 +59,9 @@ class ServerProcess:
             "--port",
             str(self.port),
         ]
+        if self.cpus is not None:
+            # taskset sets the affinity before the interpreter starts, so no child escapes it
+            cmd = ["taskset", "--cpu-list", self.cpus, *cmd]
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
         self.wait_ready(ready_timeout)

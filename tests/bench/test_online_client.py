@@ -54,3 +54,8 @@ other_seconds_bucket{le="+Inf"} 9.0
     # a bucket that appeared during the level counts from 0
     increase = online.histogram_increase(parsed[online.STEP_INTERVAL], [(math.inf, 4.0)])
     assert increase == [(0.002, 4.0), (math.inf, 6.0)]
+
+
+def test_cpu_list_reads_what_taskset_takes() -> None:
+    assert online.cpu_list("0-3,8") == {0, 1, 2, 3, 8}
+    assert online.cpu_list("5") == {5}

@@ -105,6 +105,22 @@ def test_two_api_processes_give_one_process_tokens_and_both_take_connections(sta
     assert all(tokens == 400 and finish == "length" for _, tokens, finish in done)
 
 
+def test_cpus_pin_the_supervisor_and_every_process_it_spawns(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`cpus` (the bench's --server-cpus: a pod's CPU limit under the static CPU manager) holds for
+    the engine and API processes too, which the supervisor spawns after it has started."""
+    cpu = max(os.sched_getaffinity(0))
+    server = ServerProcess(tiny_model_dir, settings=TWO, log_path=tmp_path / "server.log", cpus=str(cpu))
+    try:
+        server.start()
+        api, engine = children(server)
+        for process in (psutil.Process(server.proc.pid), *api, engine):
+            assert process.cpu_affinity() == [cpu], process.cmdline()
+        body = {"model": server.model_dir.name, "prompt": "Hi", "max_tokens": 4, "ignore_eos": True}
+        assert httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=60).status_code == 200
+    finally:
+        server.stop()
+
+
 def test_metrics_sum_every_api_process_whichever_answers(start_server) -> None:
     server = start_server(**TWO)
     requests, tokens = 20, 6
