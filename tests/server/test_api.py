@@ -4,6 +4,7 @@ plumbing, and every client mistake mapped to the right OpenAI error."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Iterator
 
 import httpx
@@ -280,3 +281,16 @@ def test_api_key_guards_v1_but_not_probes(start_server) -> None:
         assert good.models.list().data
     for path in ("/health", "/ready", "/metrics"):
         assert httpx.get(f"{server.base_url}{path}").status_code == 200
+
+
+def test_start_up_imports_what_the_first_stream_would() -> None:
+    """The app's start-up loads anyio's asyncio backend, which Starlette imports on the first streaming
+    response otherwise (in that request's TTFT). A fresh interpreter: this one has it loaded already."""
+    backend = "anyio._backends._asyncio"
+    code = (
+        "import asyncio, sys; from r1serve.api.app import load_task_groups; "
+        f"before = {backend!r} in sys.modules; asyncio.run(load_task_groups()); "
+        f"print(before, {backend!r} in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.split() == ["False", "True"]

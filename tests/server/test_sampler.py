@@ -129,3 +129,32 @@ def test_gpu_and_cpu_agree_on_greedy_rows_with_penalties() -> None:
                              presence_penalty=p.presence_penalty) for p in MIXED]  # fmt: skip
     none = [None] * len(MIXED)
     assert sample(rows.cuda(), greedy, outputs, none) == sample(rows.clone(), greedy, outputs, none)
+
+
+def test_warmup_takes_every_sampling_path_at_each_batch_size(monkeypatch) -> None:
+    """Start-up runs each path a request can take (its kernels load on first use on CUDA), at the
+    batch sizes it is given (the loader: 1 and max_num_seqs on a GPU)."""
+    from r1serve.engine import sampler as module
+
+    seen: dict[str, list[int]] = {"penalties": [], "top_k_top_p": [], "sampled": []}
+    penalties, mask, sample = module.apply_penalties, module.top_k_top_p_mask, Sampler.sample
+
+    def count(name, fn, rows_of):
+        def wrapped(*args, **kwargs):
+            seen[name].append(rows_of(*args))
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    rows = lambda logits, *_: len(logits)  # noqa: E731
+    monkeypatch.setattr(module, "apply_penalties", count("penalties", penalties, rows))
+    monkeypatch.setattr(module, "top_k_top_p_mask", count("top_k_top_p", mask, rows))
+    monkeypatch.setattr(
+        Sampler, "sample", count("sampled", sample, lambda self, logits, params, *_: (len(logits), params[0]))
+    )
+    Sampler().warmup(vocab_size=50, device=torch.device("cpu"), batch_sizes=(1, 6))
+    assert seen["penalties"] == [1, 6]
+    assert seen["top_k_top_p"] == [1, 1, 6, 6]  # top-p alone, then top-k with penalties
+    assert {params.greedy for _, params in seen["sampled"]} == {True, False}
+    assert {rows for rows, _ in seen["sampled"]} == {1, 6}
+    assert any(params.seed is not None for _, params in seen["sampled"])

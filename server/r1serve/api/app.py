@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 
 from r1serve.api import openai_routes, ops_routes
@@ -17,6 +18,14 @@ from r1serve.config import Settings
 from r1serve.engine.engine_child import EngineChild
 
 
+async def load_task_groups() -> None:
+    """Imports anyio's asyncio backend, which every streaming response's task group needs. anyio
+    imports it on first use: a dozen modules, ~9 ms on the dev VM and more where their bytecode is
+    not cached yet, which would land in the first streamed request's time to first token."""
+    async with anyio.create_task_group():
+        pass
+
+
 def create_app(
     settings: Settings, on_fatal: Callable[[str], None], engine_child: EngineChild | None = None
 ) -> FastAPI:
@@ -25,6 +34,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state.start_loading(asyncio.get_running_loop())
+        await load_task_groups()
         yield
         state.shutdown()
 

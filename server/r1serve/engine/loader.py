@@ -61,6 +61,10 @@ def build_engine(settings: Settings) -> tuple[ModelRunner, LLMEngine]:
         max_prefill_tokens_when_decoding=s.max_prefill_tokens_when_decoding,
         async_scheduling=s.async_scheduling,
     )
+    # on the GPU at the smallest and largest batch too (a kernel may be picked by size); the CPU has
+    # no lazy loading, and 256 rows of a real vocabulary take seconds to sort there
+    sizes = (1, s.max_num_seqs) if runner.device.type == "cuda" else (1,)
+    engine.sampler.warmup(runner.config.vocab_size, runner.device, sizes)
     log.info(
         "loaded %s on %s (%s) in %.1fs: %d KV blocks of %d tokens (%.0f MiB), max_model_len %d",
         s.model_name, runner.device, runner.dtype, time.monotonic() - started, runner.num_blocks,
