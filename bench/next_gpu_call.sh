@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The next GPU call, ready to run (~7 minutes of a 10-minute call).
 #   run: bash bench/next_gpu_call.sh   kind: nvidia-h200   carry: [".whl"]
-# 1. The one-GPU suite in one pytest on session 10's code (its start-up change, the sampler's
-#    warm-up and anyio's backend imported at start-up, served in call 5 but the suite ran before it).
+# 1. The one-GPU suite in one pytest on session 10's code: its start-up changes (the sampler's
+#    warm-up, served in calls 5 and 6; anyio's backend imported at start-up, in call 6) and the KV
+#    sizing's room for the sampler's peak (not run on a GPU yet). The suite ran before all three.
 # 2. Three cold starts of the 1.5B shape with the pods' settings, the first on a fresh machine
 #    (session 10's took 20.8 s once, the target is 20 s), each with the 1- and 64-stream levels: the
 #    first request's TTFT (1 stream, P99 = the slowest of 16) with both start-up changes, measured

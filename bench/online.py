@@ -279,10 +279,23 @@ def summarise(concurrency: int, run: LevelRun) -> dict:
 def cpu_list(text: str) -> set[int]:
     """CPUs as taskset writes them: "0-3,8" -> {0, 1, 2, 3, 8}."""
     cpus: set[int] = set()
-    for part in text.split(","):
-        first, _, last = part.partition("-")
-        cpus.update(range(int(first), int(last or first) + 1))
+    try:
+        for part in text.split(","):
+            first, _, last = part.partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a CPU list like 0-3 or 0,2,4-7") from None
     return cpus
+
+
+def load_generator_cpus(server_cpus: str, allowed: set[int]) -> set[int]:
+    """The CPUs of `allowed` that the server's (`server_cpus`, a subset of them) leave free."""
+    server = cpu_list(server_cpus)
+    if not server <= allowed:
+        raise ValueError(f"CPUs {sorted(server - allowed)} are not among this process's {sorted(allowed)}")
+    if not allowed - server:
+        raise ValueError("no CPU left for the load generator")
+    return allowed - server
 
 
 def cold_start(
@@ -291,8 +304,8 @@ def cold_start(
     """Seconds from process start to /ready (weights load, KV sizing, warm-up, graph capture).
 
     `server_cpus` pins the server (all its processes) to those CPUs, as a pod's CPU limit under the
-    static CPU manager would, and this process, with the client processes it starts later, to the
-    others, so the load generator does not take the server's cores."""
+    static CPU manager would, and the calling thread, and so the client processes it starts later, to
+    the others: the load generator does not take the server's cores."""
     settings = {
         "max_num_seqs": 256,
         "served_model_name": "bench",
@@ -300,10 +313,10 @@ def cold_start(
     }
     server = ServerProcess(model_dir, settings=settings, log_path=log, cpus=server_cpus)
     if server_cpus is not None:
-        rest = os.sched_getaffinity(0) - cpu_list(server_cpus)
-        if not rest:
-            raise SystemExit(f"--server-cpus {server_cpus}: no CPU left for the load generator")
-        os.sched_setaffinity(0, rest)
+        try:
+            os.sched_setaffinity(0, load_generator_cpus(server_cpus, os.sched_getaffinity(0)))
+        except ValueError as exc:
+            raise SystemExit(f"--server-cpus {server_cpus}: {exc}") from None
     start = time.perf_counter()
     server.start(ready_timeout=600)
     return time.perf_counter() - start, server

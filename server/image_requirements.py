@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 
 SERVER_DEPENDENCIES = frozenset(
-    {"torch", "fastapi", "uvicorn", "uvloop", "httptools", "pydantic", "pydantic-settings",
+    {"torch", "fastapi", "anyio", "uvicorn", "uvloop", "httptools", "pydantic", "pydantic-settings",
      "prometheus-client", "tokenizers", "safetensors", "jinja2", "numpy", "rich"}
 )  # fmt: skip
 

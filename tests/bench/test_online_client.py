@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from bench import online
 
 
@@ -59,3 +61,13 @@ other_seconds_bucket{le="+Inf"} 9.0
 def test_cpu_list_reads_what_taskset_takes() -> None:
     assert online.cpu_list("0-3,8") == {0, 1, 2, 3, 8}
     assert online.cpu_list("5") == {5}
+    with pytest.raises(ValueError, match="not a CPU list"):
+        online.cpu_list("0-3,")
+
+
+def test_the_load_generator_gets_the_cpus_the_server_leaves() -> None:
+    assert online.load_generator_cpus("0-3", set(range(16))) == set(range(4, 16))
+    with pytest.raises(ValueError, match=r"\[16\] are not among"):
+        online.load_generator_cpus("12-16", set(range(16)))
+    with pytest.raises(ValueError, match="no CPU left"):
+        online.load_generator_cpus("0-1", {0, 1})

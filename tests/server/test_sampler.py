@@ -133,28 +133,54 @@ def test_gpu_and_cpu_agree_on_greedy_rows_with_penalties() -> None:
 
 def test_warmup_takes_every_sampling_path_at_each_batch_size(monkeypatch) -> None:
     """Start-up runs each path a request can take (its kernels load on first use on CUDA), at the
-    batch sizes it is given (the loader: 1 and max_num_seqs on a GPU)."""
+    batch sizes it is given (build_engine: 1 and max_num_seqs on a GPU)."""
     from r1serve.engine import sampler as module
 
-    seen: dict[str, list[int]] = {"penalties": [], "top_k_top_p": [], "sampled": []}
-    penalties, mask, sample = module.apply_penalties, module.top_k_top_p_mask, Sampler.sample
+    seen: dict[str, list] = {"penalties": [], "top_k_top_p": [], "sampled": []}
 
-    def count(name, fn, rows_of):
+    def spy(name, fn, record):
         def wrapped(*args, **kwargs):
-            seen[name].append(rows_of(*args))
+            seen[name].append(record(*args))
             return fn(*args, **kwargs)
 
         return wrapped
 
-    rows = lambda logits, *_: len(logits)  # noqa: E731
-    monkeypatch.setattr(module, "apply_penalties", count("penalties", penalties, rows))
-    monkeypatch.setattr(module, "top_k_top_p_mask", count("top_k_top_p", mask, rows))
+    def batch(logits, *_):
+        return len(logits)
+
+    monkeypatch.setattr(module, "apply_penalties", spy("penalties", module.apply_penalties, batch))
+    monkeypatch.setattr(module, "top_k_top_p_mask", spy("top_k_top_p", module.top_k_top_p_mask, batch))
     monkeypatch.setattr(
-        Sampler, "sample", count("sampled", sample, lambda self, logits, params, *_: (len(logits), params[0]))
+        Sampler,
+        "sample",
+        spy("sampled", Sampler.sample, lambda _, logits, params, *__: (len(logits), params[0])),
     )
     Sampler().warmup(vocab_size=50, device=torch.device("cpu"), batch_sizes=(1, 6))
     assert seen["penalties"] == [1, 6]
     assert seen["top_k_top_p"] == [1, 1, 6, 6]  # top-p alone, then top-k with penalties
     assert {params.greedy for _, params in seen["sampled"]} == {True, False}
-    assert {rows for rows, _ in seen["sampled"]} == {1, 6}
+    assert {size for size, _ in seen["sampled"]} == {1, 6}
     assert any(params.seed is not None for _, params in seen["sampled"])
+
+
+def test_start_up_warms_the_sampler_and_a_failure_there_is_a_start_error(tiny_model_dir, monkeypatch) -> None:
+    """build_engine warms the sampler (on the CPU at one row) inside the start-up errors' handling, so
+    that a failure there (on a GPU: out of memory at max_num_seqs rows) ends start-up with its reason."""
+    from r1serve.config import Settings
+    from r1serve.engine import loader
+
+    settings = Settings(model=tiny_model_dir, device="cpu", dtype="float32", max_num_seqs=8)
+    calls = []
+    monkeypatch.setattr(
+        Sampler, "warmup", lambda _, vocab, device, sizes: calls.append((vocab, device.type, sizes))
+    )
+    runner, _ = loader.build_engine(settings)
+    runner.close()
+    assert calls == [(runner.config.vocab_size, "cpu", [1])]
+
+    def out_of_memory(*_):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(Sampler, "warmup", out_of_memory)
+    with pytest.raises(loader.EngineStartError, match="RuntimeError: CUDA out of memory"):
+        loader.build_engine(settings)

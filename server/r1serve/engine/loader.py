@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from r1serve.config import Settings
 from r1serve.engine.llm_engine import LLMEngine
+from r1serve.engine.sampler import Sampler
 
 if TYPE_CHECKING:
     from r1serve.model_runner import ModelRunner
@@ -46,6 +47,11 @@ def build_engine(settings: Settings) -> tuple[ModelRunner, LLMEngine]:
         )
         try:
             runner.warmup()
+            # Every sampling path, at the batch sizes a step can give it: on a GPU 1 and the most (a
+            # kernel may be picked by size). Once at 1 row on the CPU, which loads no kernels lazily
+            # but keeps the path exercised, where 256 rows of a real vocabulary take seconds to sort.
+            sizes = sorted({1, s.max_num_seqs}) if runner.device.type == "cuda" else [1]
+            Sampler().warmup(runner.config.vocab_size, runner.device, sizes)
         except BaseException:
             runner.close()  # else its tensor-parallel workers outlive the failure
             raise
@@ -61,10 +67,6 @@ def build_engine(settings: Settings) -> tuple[ModelRunner, LLMEngine]:
         max_prefill_tokens_when_decoding=s.max_prefill_tokens_when_decoding,
         async_scheduling=s.async_scheduling,
     )
-    # on the GPU at the smallest and largest batch too (a kernel may be picked by size); the CPU has
-    # no lazy loading, and 256 rows of a real vocabulary take seconds to sort there
-    sizes = (1, s.max_num_seqs) if runner.device.type == "cuda" else (1,)
-    engine.sampler.warmup(runner.config.vocab_size, runner.device, sizes)
     log.info(
         "loaded %s on %s (%s) in %.1fs: %d KV blocks of %d tokens (%.0f MiB), max_model_len %d",
         s.model_name, runner.device, runner.dtype, time.monotonic() - started, runner.num_blocks,

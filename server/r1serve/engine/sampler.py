@@ -74,10 +74,11 @@ WARMUP_PARAMS = (
 class Sampler:
     def warmup(self, vocab_size: int, device: torch.device, batch_sizes: Iterable[int]) -> None:
         """Takes every sampling path once at each batch size, before the server is ready. CUDA loads
-        a kernel's module on its first launch (lazy loading, CUDA's default since 11.7), and the
-        forward passes that warm the runner up launch none of the sampler's. On an H200 a process's
-        first sampling call took 290 ms, the next ones under 2 ms, and a 1.5B server's first request
-        took 142-192 ms to its first token without this (docs/PERFORMANCE.md, session 10)."""
+        a kernel's module on its first launch (lazy loading: PyTorch asks for it unless
+        CUDA_MODULE_LOADING says otherwise), and the forward passes that warm the runner up launch
+        none of the sampler's. On an H200 a process's first sampling call took 290 ms, the next ones
+        under 2 ms, and without this a 1.5B server's first request took 161-198 ms to its first
+        token at the client against 8 ms for the next (docs/PERFORMANCE.md, session 10)."""
         for rows in batch_sizes:
             logits = torch.zeros(rows, vocab_size, device=device)
             for params in WARMUP_PARAMS:
