@@ -187,8 +187,13 @@ def main() -> None:
         free_gpu()
 
     if "coldstart" in cases or "online" in cases:
-        ready_s, server = online.cold_start(model_dir, args.out / "server.log", args.tp, args.server_cpus)
+        log = args.out / "server.log"  # appended to: this start's lines come after `before`
+        before = log.stat().st_size if log.exists() else 0
+        ready_s, server = online.cold_start(model_dir, log, args.tp, args.server_cpus)
         result["cold_start_s"] = ready_s
+        with log.open("rb") as f:
+            f.seek(before)
+            result["cold_start_log"] = online.start_up_log(f.read().decode(errors="replace"))
         console.print(f"cold start to /ready: {ready_s:.1f} s")
         save()
         try:

@@ -8,6 +8,7 @@ import math
 import multiprocessing
 import os
 import random
+import re
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -296,6 +297,22 @@ def load_generator_cpus(server_cpus: str, allowed: set[int]) -> set[int]:
     if not allowed - server:
         raise ValueError("no CPU left for the load generator")
     return allowed - server
+
+
+# The server's own start-up lines: each phase's time (weights, kernels, KV sizing, graphs), up to ready
+START_UP_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \w+ \S+ r1serve\.")
+
+
+def start_up_log(text: str) -> list[str]:
+    """The server log's r1serve lines up to the first `ready`: kept in the bench's JSON, so that a
+    slow cold start can be explained after the log itself is gone."""
+    lines = []
+    for line in text.splitlines():
+        if START_UP_LINE.match(line):
+            lines.append(line)
+            if " ready: " in line:
+                break
+    return lines
 
 
 def cold_start(

@@ -158,9 +158,13 @@ class ModelRunner:
     ) -> None:
         """Weights, process group (tensor parallel), KV cache and decode graphs: the steps every rank
         takes in the same order, so their collectives meet."""
+        # Each start-up phase's time in the log: a slow pod's start is read there (docs/RUNBOOK.md)
+        started = time.monotonic()
         self.model: CausalLM = load_model(
             model_dir, self.config, self.device, self.dtype, progress=progress, tp=self.tp
         )
+        if progress:
+            log.info("weights on %s in %.1fs", self.device, time.monotonic() - started)
         if self._peers is not None:
             init_process_group(self.tp, self._peers.rendezvous(), self.device)
 
@@ -185,6 +189,7 @@ class ModelRunner:
         self.kv_cache_bytes = self.kv_cache.numel() * self.kv_cache.element_size()
         self.model.bind_kv_cache(self.kv_cache)
         if use_graphs:
+            started = time.monotonic()
             cache = CacheLayout(
                 max_blocks_per_seq=-(-self.max_model_len // self.block_size), block_size=self.block_size,
                 scratch_block=self.num_blocks, max_context_len=self.max_model_len, device=self.device,
@@ -193,6 +198,8 @@ class ModelRunner:
             # mixed steps need the varlen attention kernel, whose grid covers any split of the tokens
             if triton_attention.supports_head_dim(cfg.head_dim):
                 self.mixed_graphs = MixedGraphs(self.model, cache, max_seqs=max_num_seqs, progress=progress)
+            if progress:
+                log.info("captured the CUDA graphs in %.1fs", time.monotonic() - started)
 
     @property
     def mixed_step_sizes(self) -> tuple[int, ...]:

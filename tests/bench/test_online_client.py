@@ -25,6 +25,11 @@ def test_a_level_split_over_client_processes_sends_every_request_once(start_serv
     assert 0 < row["engine_step_p50_ms"] <= row["engine_step_p99_ms"]
     assert 0 < row["delivery_p50_ms"] <= row["delivery_p99_ms"]  # and each token's way to its handler
     assert row["server_ttft_p99_ms"] > 0
+    # the start-up phases the bench keeps from the server's log, ending where it became ready
+    lines = online.start_up_log(server.log_path.read_text())
+    assert any(" weights on cpu in " in line for line in lines)
+    assert any(" loaded bench on cpu " in line for line in lines)
+    assert " ready: serving bench" in lines[-1]
 
 
 def test_bucket_quantile_interpolates_inside_a_bucket_as_prometheus_does() -> None:
@@ -71,3 +76,19 @@ def test_the_load_generator_gets_the_cpus_the_server_leaves() -> None:
         online.load_generator_cpus("12-16", set(range(16)))
     with pytest.raises(ValueError, match="no CPU left"):
         online.load_generator_cpus("0-1", {0, 1})
+
+
+def test_start_up_log_keeps_the_servers_lines_up_to_ready() -> None:
+    text = """INFO:     Started server process [1]
+2026-11-28 20:39:00,001 INFO engine r1serve.model_runner: weights on cuda in 2.1s
+Loading weights ━━━━━━━━━━ 100%
+2026-11-28 20:39:05,987 INFO engine r1serve.engine.loader: loaded bench on cuda in 9.9s
+2026-11-28 20:39:06,008 INFO r1serve-api-1 r1serve.api.state: ready: serving bench
+2026-11-28 20:39:06,010 INFO r1serve-api-0 r1serve.api.state: ready: serving bench
+2026-11-28 20:40:00,000 INFO r1serve-api-0 r1serve.api.drain: signal 15: draining 0 in-flight requests
+"""
+    assert [line[24:] for line in online.start_up_log(text)] == [
+        "INFO engine r1serve.model_runner: weights on cuda in 2.1s",
+        "INFO engine r1serve.engine.loader: loaded bench on cuda in 9.9s",
+        "INFO r1serve-api-1 r1serve.api.state: ready: serving bench",
+    ]
