@@ -5,7 +5,8 @@
 #    warm-up, served in calls 5 and 6; anyio's backend imported at start-up, in call 6) and the KV
 #    sizing's room for the sampler's peak (not run on a GPU yet). The suite ran before all three.
 # 2. Three cold starts of the 1.5B shape with the pods' settings, the first on a fresh machine
-#    (session 10's took 20.8 s once, the target is 20 s), each with the 1- and 64-stream levels: the
+#    (session 10's took 20.8 s once, the target is 20 s; the JSON's cold_start_log now gives each
+#    phase's time), each with the 1- and 64-stream levels: the
 #    first request's TTFT (1 stream, P99 = the slowest of 16) with both start-up changes, measured
 #    once so far (session 10, call 6: 47.9 ms, against 161-198 ms before).
 # Each part prints its figures as it ends; JSON is written per run.
@@ -21,6 +22,8 @@ for i in 1 2 3; do
   part "start$i" 80 bash bench/device.sh python3 -m bench --shape 1.5b --cases coldstart,online \
     --levels 1,64 --out "$OUT/start$i"
   grep -v httpx "$OUT/start$i.log" | grep "cold start\|│"
+  python3 -c "import json, sys; print(*json.load(open(sys.argv[1]))['cold_start_log'], sep='\n')" \
+    "$OUT/start$i/bench-1.5b.json"  # each start-up phase's time
   rm -f "$OUT/start$i/server.log" "$OUT/start$i"/*.png "$OUT/start$i.log"
   [ "$i" = 1 ] && part gputests 330 bash bench/device.sh python3 -m pytest -q -p no:cacheprovider \
     -p gpu_instafail --durations=8 tests/server/test_kernel_precompile.py tests/server/test_engine_gpu.py \
