@@ -33,7 +33,7 @@ from r1serve.tp_worker import Leader, TensorParallelError, Workers
 log = logging.getLogger(__name__)
 CPU_KV_CACHE_BYTES = 256 * 2**20
 DEFAULT_MAX_MODEL_LEN = 8192
-SAMPLER_PEAK_LOGITS = 12  # float32 [batch, vocab] copies the sampler holds at its peak (_auto_kv_budget)
+SAMPLER_PEAK_LOGITS = 12  # see _auto_kv_budget
 SMALL_MODEL_HIDDEN_SIZE = 1024  # below this, CPU inference runs single-threaded (see limit_cpu_threads)
 DTYPES = {
     "float32": torch.float32,
@@ -255,10 +255,9 @@ class ModelRunner:
             # the mixed-step graphs keep a pool for their largest step (MIXED_GRAPH_TOKENS[-1] tokens)
             # for good, beside any eager step: estimated from the profiled step, per token
             activations += activations * MIXED_GRAPH_TOKENS[-1] // self.max_model_len
-        # The sampler at a full decode batch: top-k/top-p holds ~12 float32 copies of the logits at
-        # its peak (the sort's values, int64 indices and workspace, softmax, cumsum, masks, the
-        # scatter, the noise; counted from the code, not profiled), and start-up's sampler warm-up
-        # reaches it. 2 copies were kept before, short by ~1.5 GiB for 256 rows of a 152k vocabulary.
+        # The sampler at a full decode batch, which start-up's sampler warm-up reaches: top-k/top-p
+        # holds the logits in ~12 float32 copies at its peak (the sort's values, int64 indices and
+        # workspace, softmax, cumsum, masks, the scatter, the noise; counted from the code).
         activations += SAMPLER_PEAK_LOGITS * max_num_seqs * self.config.vocab_size * 4
         self.model.bind_kv_cache(self._allocate_cache(0))
         torch.cuda.empty_cache()
