@@ -13,6 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 # The tiny model is latency-bound: torch's intra-op threads only contend on a shared 2-core runner
 # (measured 40x slower decode steps under load). Servers started by tests inherit this.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Servers started by tests run on the settings the tests name: an R1SERVE_* variable exported in the
+# shell (the GPU pods' R1SERVE_API_SERVERS=2 for a benchmark, say) would otherwise reach every one.
+for _name in [n for n in os.environ if n.startswith("R1SERVE_")]:
+    del os.environ[_name]
 
 
 @pytest.fixture(scope="session")
