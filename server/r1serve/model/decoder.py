@@ -16,7 +16,7 @@ from torch import nn
 from r1serve.checkpoint import ModelConfig
 from r1serve.model import triton_fused
 from r1serve.model.attention import AttentionMetadata, paged_attention, store_kv
-from r1serve.model.layers import RMSNorm, SwiGLU
+from r1serve.model.layers import Embedding, RMSNorm, SwiGLU
 from r1serve.model.parallel import SINGLE, ColumnParallelLinear, RowParallelLinear, TensorParallel
 from r1serve.model.rotary import RotaryEmbedding
 
@@ -84,7 +84,7 @@ class DecoderModel(nn.Module):
     def __init__(self, config: ModelConfig, tp: TensorParallel) -> None:
         super().__init__()
         rotary = RotaryEmbedding(config.head_dim, config.rope)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, rotary, tp) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 

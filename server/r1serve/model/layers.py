@@ -1,4 +1,4 @@
-"""The small building blocks of the decoder: RMSNorm and the SwiGLU MLP."""
+"""The small building blocks of the decoder: the token embedding, RMSNorm and the SwiGLU MLP."""
 
 from __future__ import annotations
 
@@ -7,7 +7,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from r1serve.model import triton_fused
-from r1serve.model.parallel import SINGLE, ColumnParallelLinear, RowParallelLinear, TensorParallel
+from r1serve.model.parallel import (
+    SINGLE,
+    ColumnParallelLinear,
+    FilledByLoader,
+    RowParallelLinear,
+    TensorParallel,
+)
+
+
+class Embedding(FilledByLoader, nn.Embedding):
+    """`nn.Embedding`, its table left for the loader to fill."""
 
 
 class RMSNorm(nn.Module):

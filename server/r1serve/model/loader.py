@@ -72,6 +72,21 @@ def checkpoint_layout(model: CausalLM) -> dict[str, TensorSlot]:
     return layout
 
 
+def _allocated(config: ModelConfig, tp: TensorParallel, device: torch.device, dtype: torch.dtype) -> CausalLM:
+    """The model with its parameters allocated once, in `dtype` on `device`, and not initialised.
+
+    Built on the meta device, then each parameter replaced by `torch.empty`: not `to_empty`, whose
+    `empty_like` on a meta tensor is a Python decomposition importing ~500 modules of torch (sympy
+    among them) when first used."""
+    with torch.device("meta"):
+        model = CausalLM(config, tp).to(dtype=dtype)
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            empty = torch.empty(param.shape, dtype=param.dtype, device=device)
+            setattr(module, name, torch.nn.Parameter(empty, requires_grad=False))
+    return model
+
+
 def load_model(
     model_dir: Path,
     config: ModelConfig,
@@ -83,10 +98,7 @@ def load_model(
     """The model, or this rank's shard of it: every checkpoint tensor is checked whole, then only the
     rank's piece is copied to the device."""
     files = weight_files(model_dir)
-    # built on the meta device so the weights are allocated once, directly on the target device
-    with torch.device("meta"):
-        model = CausalLM(config, tp)
-    model = model.to(dtype=dtype).to_empty(device=device)
+    model = _allocated(config, tp, device, dtype)
     layout = checkpoint_layout(model)
     missing = [name for name in layout if name not in files]
     if missing:

@@ -67,7 +67,17 @@ class TensorParallel:
 SINGLE = TensorParallel()
 
 
-class ColumnParallelLinear(nn.Linear):
+class FilledByLoader:
+    """A module whose parameters the loader fills from the checkpoint, every one: construction
+    leaves them uninitialised. (Initialising them would only cost start-up time, on the meta device
+    the most: its init ops are Python decompositions whose first use imports ~800 modules, which took
+    3.5-4.5 s of an H200 host's start-up; docs/PERFORMANCE.md, session 11.)"""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
+class ColumnParallelLinear(FilledByLoader, nn.Linear):
     """Output features split across ranks. `parts` are the full sizes of the fused outputs (q, k, v
     or gate, up): each rank holds its slice of every part, in order, so splitting its output by
     `local_parts` works without communication. A part that does not divide is padded (the LM head's
@@ -81,7 +91,7 @@ class ColumnParallelLinear(nn.Linear):
         self.local_parts = local_parts
 
 
-class RowParallelLinear(nn.Linear):
+class RowParallelLinear(FilledByLoader, nn.Linear):
     """Input features split across ranks; the partial products are summed by an all-reduce, and the
     bias (whole on every rank) is added once, after it."""
 
