@@ -110,9 +110,11 @@ def test_fused_kernels_match_the_pytorch_path(dtype: torch.dtype, monkeypatch: p
 
     torch.manual_seed(random.randrange(2**31))
     norm = RMSNorm(1536, 1e-6).to("cuda", dtype)
+    mlp = SwiGLU(256, 1000).to("cuda", dtype)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)
-    mlp = SwiGLU(256, 1000).to("cuda", dtype)
+        for weight in mlp.parameters():  # left uninitialised for the loader to fill
+            weight.uniform_(-1 / 16, 1 / 16)
     rotary = RotaryEmbedding(128, RopeConfig(theta=10000.0))
     x = torch.randn(37, 1536, device="cuda", dtype=dtype)
     h = torch.randn(37, 256, device="cuda", dtype=dtype)
