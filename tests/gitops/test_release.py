@@ -82,7 +82,7 @@ def test_prod_rollout_keeps_every_base_container_field(repo_root: Path, objects:
     assert server["image"] == _release(repo_root, "prod")["image"]
     assert server["image"].rsplit(":", 1)[1] == _release(repo_root, "prod")["image"].rsplit(":", 1)[1]
     assert server["resources"]["limits"] == {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "1"}
-    assert server["startupProbe"]["failureThreshold"] == 360
+    assert server["startupProbe"]["failureThreshold"] == 1800
 
 
 def _arg(analysis: dict, name: str) -> str:
