@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,24 @@ def test_small_model_runs_single_threaded_on_cpu(
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_loading_imports_no_more_of_torch(tiny_model_dir: Path) -> None:
+    """Loading builds no tensor through torch's Python decompositions: their first use imports ~800
+    modules (sympy, torch.fx's symbolic shapes, FSDP), which took 3.5-4.5 s of a GPU host's start-up
+    (session 11). A fresh process, so that nothing before has imported them."""
+    code = (
+        "import sys, torch\n"
+        "from pathlib import Path\n"
+        "from r1serve.checkpoint import load_config\n"
+        "from r1serve.model.loader import load_model\n"
+        f"model_dir = Path({str(tiny_model_dir)!r})\n"
+        "before = set(sys.modules)\n"
+        "model = load_model(model_dir, load_config(model_dir), torch.device('cpu'), torch.bfloat16, False)\n"
+        "assert all(p.dtype == torch.bfloat16 and not p.isnan().any() for p in model.parameters())\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    imported = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    assert len(imported) < 20, imported
