@@ -57,7 +57,7 @@ def stand_in_engine(
 ) -> None:
     """The engine process's entry point with the stand-in runner in place of the model."""
     from r1serve.checkpoint import load_config
-    from r1serve.engine import engine_process
+    from r1serve.engine import engine_main
     from r1serve.engine.llm_engine import LLMEngine
 
     # The sampler runs on the CPU here: with torch's default of a thread per core it took 14 of a
@@ -68,8 +68,8 @@ def stand_in_engine(
         runner = SleepingRunner(load_config(s.model).vocab_size, step_s, s.max_model_len or 4096)
         return runner, LLMEngine(runner, max_num_seqs=s.max_num_seqs, max_num_batched_tokens=8192)
 
-    engine_process.build_engine = build
-    engine_process.engine_main(settings, conns, log_level, ready)
+    engine_main.build_engine = build
+    engine_main.engine_main(settings, conns, log_level, ready)
 
 
 def serve(

@@ -11,10 +11,12 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError, safe_open
+
+if TYPE_CHECKING:  # safetensors loads it to read tensors; the API processes only read the config
+    import torch
 
 # HF architecture name -> our short name. Both are the same decoder; the differences are data.
 ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}

@@ -46,6 +46,7 @@ from r1serve.engine.engine_child import (
     EngineEntry,
     kill_if_alive,
     start_engine_child,
+    start_lifeline,
 )
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,6 @@ class Supervisor:
 def _api_process(settings: Settings, engine: EngineChild, failures: mp.SimpleQueue, log_level: int) -> None:
     """One API process: the whole HTTP server, on its own socket of the port and its own pipe."""
     from r1serve.cli import LOG_FORMAT, run_api_server
-    from r1serve.tp_worker import start_lifeline
 
     os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only; it forwards it once
     logging.basicConfig(level=log_level, format=LOG_FORMAT)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
-import os
 import pickle
 import signal
 import socket
@@ -39,6 +38,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from r1serve.engine.engine_child import exit_description, start_lifeline
 from r1serve.model.parallel import destroy_process_group
 
 log = logging.getLogger(__name__)
@@ -252,24 +252,6 @@ class Leader:
 
     def close(self) -> None:
         destroy_process_group()
-
-
-def exit_description(code: int | None) -> str:
-    """How a child process ended, from its exit code, in the words the error messages use."""
-    return f"exited with {f'signal {-code}' if code is not None and code < 0 else f'code {code}'}"
-
-
-def _exit_with_parent() -> None:
-    parent = mp.parent_process()
-    if parent is not None:
-        parent.join()  # returns when the parent process has exited, however it ended
-        os._exit(1)
-
-
-def start_lifeline() -> None:
-    """In a spawned child: exit as soon as the parent process is gone, so no child outlives the server
-    holding a GPU (a SIGKILL of the parent runs none of its clean-up)."""
-    threading.Thread(target=_exit_with_parent, name="r1serve-lifeline", daemon=True).start()
 
 
 def worker_main(

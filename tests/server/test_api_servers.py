@@ -69,7 +69,7 @@ def stream(
 def test_two_api_processes_give_one_process_tokens_and_both_take_connections(start_server) -> None:
     one = start_server(engine_process=True, **CPU)
     two = start_server(**TWO)
-    api, _ = children(two)
+    api, engine = children(two)
     assert len(api) == 2
     prompts = [f"Prompt number {i} says" for i in range(16)]
     results = {}
@@ -103,6 +103,11 @@ def test_two_api_processes_give_one_process_tokens_and_both_take_connections(sta
         done = [f.result(timeout=300) for f in futures]
     assert sorted(held) != [0, len(prompts)] and sum(held) == len(prompts), held
     assert all(tokens == 400 and finish == "length" for _, tokens, finish in done)
+    # Only the engine process loads torch, not the API processes that served all that (its imports
+    # took ~600 MiB of each one's memory, and seconds of a GPU host's start-up beside the engine's)
+    for process in (psutil.Process(one.proc.pid), *api):
+        assert not any("libtorch" in m.path for m in process.memory_maps()), process.cmdline()
+    assert any("libtorch" in m.path for m in engine.memory_maps())
 
 
 def test_cpus_pin_the_supervisor_and_every_process_it_spawns(tiny_model_dir: Path, tmp_path: Path) -> None:

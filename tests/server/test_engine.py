@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from r1serve.engine.admission import RequestRejected
 from r1serve.engine.async_engine import SWITCH_INTERVAL_S, AsyncEngine, EngineError, RequestStream, TokenEvent
-from r1serve.engine.llm_engine import LLMEngine, RequestRejected
+from r1serve.engine.llm_engine import LLMEngine
 from r1serve.engine.sequence import FinishReason, SamplingParams, Sequence
 from r1serve.model_runner import ModelRunner
 from r1serve.packed_step import TokenFeed

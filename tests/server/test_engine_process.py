@@ -146,8 +146,8 @@ def test_engine_process_exits_when_the_api_process_is_killed(start_server) -> No
 
 def test_the_engine_process_starts_before_the_server_imports_torch() -> None:
     """`r1serve serve` starts the engine child first, so that the child's imports and model load overlap
-    the API process's own imports (torch, the web stack); that holds only while starting it needs
-    neither torch nor the engine modules."""
+    the API process's own imports (the web stack); that holds only while starting it needs neither
+    torch nor the engine modules."""
     code = (
         "import sys; import r1serve.cli, r1serve.engine.engine_child; "
         "print(sorted(m for m in ('torch', 'fastapi', 'r1serve.engine.engine_process') if m in sys.modules))"

@@ -21,8 +21,8 @@ from r1serve.api.drain import RETRY_AFTER_SECONDS
 from r1serve.api.errors import APIError, error_body
 from r1serve.api.schemas import SamplingFields
 from r1serve.api.state import ServerState
+from r1serve.engine.admission import RequestRejected
 from r1serve.engine.async_engine import EngineError, QueueFull, RequestStream
-from r1serve.engine.llm_engine import RequestRejected
 from r1serve.engine.sequence import FinishReason, SamplingParams
 from r1serve.engine.stop_strings import StopStringMatcher
 

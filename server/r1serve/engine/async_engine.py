@@ -18,10 +18,14 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from r1serve.engine.admission import check_prompt
 from r1serve.engine.core import Command, EngineCore, EngineStats, Event
-from r1serve.engine.llm_engine import LLMEngine, check_prompt
 from r1serve.engine.sequence import FinishReason, SamplingParams
+
+if TYPE_CHECKING:  # the engine and torch: loaded by whoever builds one (engine.loader)
+    from r1serve.engine.llm_engine import LLMEngine
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
-from r1serve.engine.llm_engine import LLMEngine
 from r1serve.engine.sequence import SamplingParams, Sequence
+
+if TYPE_CHECKING:  # the API processes import this module, and need neither the engine nor torch
+    from r1serve.engine.llm_engine import LLMEngine
 
 log = logging.getLogger(__name__)
 

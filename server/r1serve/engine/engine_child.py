@@ -1,15 +1,19 @@
-"""Starting the engine process, with nothing heavier imported than `multiprocessing`.
+"""Starting the engine process, with nothing heavier imported than `multiprocessing`, and the
+lifeline and exit wording every child process of the server shares.
 
 `r1serve serve` starts the child first thing (`engine_process=true`): it imports torch and loads the
-model while the API process imports its own web stack and torch, instead of after (on an H200 the
-engine process made the 1.5B shape ready 4.5 s later than the in-process thread, most of it the two
+model while the API process imports its own web stack, instead of after (on an H200 the engine
+process made the 1.5B shape ready 4.5 s later than the in-process thread, most of it the two
 processes importing one after the other). `EngineProcess.launch` adopts the child, or starts one here.
+The API processes never import torch: only the child runs the model (`engine_main`).
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -40,6 +44,24 @@ class EngineChild:
     def kill(self) -> None:
         if self.proc is not None:
             kill_if_alive(self.proc)
+
+
+def exit_description(code: int | None) -> str:
+    """How a child process ended, from its exit code, in the words the error messages use."""
+    return f"exited with {f'signal {-code}' if code is not None and code < 0 else f'code {code}'}"
+
+
+def _exit_with_parent() -> None:
+    parent = mp.parent_process()
+    if parent is not None:
+        parent.join()  # returns when the parent process has exited, however it ended
+        os._exit(1)
+
+
+def start_lifeline() -> None:
+    """In a spawned child: exit as soon as the parent process is gone, so no child outlives the server
+    holding a GPU (a SIGKILL of the parent runs none of its clean-up)."""
+    threading.Thread(target=_exit_with_parent, name="r1serve-lifeline", daemon=True).start()
 
 
 def kill_if_alive(proc: mp.process.BaseProcess) -> None:
@@ -81,6 +103,6 @@ def start_engine_child(settings: Settings, entry: EngineEntry | None = None) -> 
 
 def _main(settings: Settings, conns: list[Connection], log_level: int, ready: Event) -> None:
     """The child's entry point: the heavy imports happen here, in the child."""
-    from r1serve.engine.engine_process import engine_main
+    from r1serve.engine.engine_main import engine_main
 
     engine_main(settings, conns, log_level, ready)

@@ -4,7 +4,8 @@ In one process the engine loop and the event loop (HTTP, SSE, detokenising, JSON
 take turns at one GIL, and each step waits for HTTP work. Here the child process owns the model
 runner and the `LLMEngine` (scheduler, sampler, KV cache, the per-request seeded generators, and
 with tensor parallelism rank 0, which starts the other ranks from here) and runs `EngineCore`; the
-API process keeps the tokenizer and everything HTTP.
+API process keeps the tokenizer and everything HTTP, and imports no torch. This module is the API
+process's side; the child's is `engine_main`.
 
 One duplex pipe: commands (add, abort, stop) go down as small tuples, sent by a writer thread (the
 child reads the pipe only between steps, and a few long prompts fill the socket buffer: a send on
@@ -29,34 +30,36 @@ import contextlib
 import logging
 import multiprocessing as mp
 import queue
-import signal
 import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from multiprocessing.synchronize import Event
 from multiprocessing.util import Finalize
-
-import torch
 
 from r1serve.checkpoint import GenerationDefaults
 from r1serve.config import Settings
-from r1serve.engine.api_pipes import ApiPipes
 from r1serve.engine.async_engine import EngineClient, FailureHook, StepHook
-from r1serve.engine.core import Command, EngineCore
-from r1serve.engine.engine_child import STOP_SECONDS, EngineChild, kill_if_alive, start_engine_child
-from r1serve.engine.loader import EngineStartError, build_engine
+from r1serve.engine.core import Command
+from r1serve.engine.engine_child import (
+    STOP_SECONDS,
+    EngineChild,
+    exit_description,
+    kill_if_alive,
+    start_engine_child,
+)
+from r1serve.engine.loader import EngineStartError
 from r1serve.tokenizer import Tokenizer
-from r1serve.tp_worker import exit_description, start_lifeline
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class EngineSizes:
-    """What the child reports when ready (ModelRunner's attributes of the same names)."""
+    """What the child reports when ready (ModelRunner's attributes of the same names). Device and
+    dtype as `str()` gives them ("cuda:0", "torch.bfloat16"): torch objects would import torch in
+    the API process that unpickles them."""
 
-    device: torch.device
-    dtype: torch.dtype
+    device: str
+    dtype: str
     max_model_len: int
     block_size: int
     num_blocks: int
@@ -69,8 +72,8 @@ class ModelInfo:
 
     tokenizer: Tokenizer
     generation_defaults: GenerationDefaults
-    device: torch.device
-    dtype: torch.dtype
+    device: str
+    dtype: str
     max_model_len: int
 
 
@@ -215,36 +218,3 @@ def model_info(settings: Settings, sizes: EngineSizes) -> ModelInfo:
     except Exception as exc:
         raise EngineStartError(f"loading {settings.model} failed: {type(exc).__name__}: {exc}") from exc
     return ModelInfo(tokenizer, defaults, sizes.device, sizes.dtype, sizes.max_model_len)
-
-
-# -- the child process ---------------------------------------------------------------------------
-
-
-def engine_main(
-    settings: Settings, conns: list[Connection], log_level: int, ready: Event | None = None
-) -> None:
-    """Entry point of the engine process: one pipe per API process (`ApiPipes`); `ready` is set once
-    the model is loaded."""
-    # The API process decides when the engine stops (after draining); a Ctrl-C reaches the whole
-    # process group, and must not kill a step under the requests still streaming.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s engine %(name)s: %(message)s")
-    start_lifeline()
-    pipes = ApiPipes(conns)
-    try:
-        runner, engine = build_engine(settings)
-    except EngineStartError as exc:
-        pipes.send_all(("error", str(exc)))
-        raise SystemExit(1) from None
-    runner.on_failure(lambda message: pipes.send_all(("fatal", message)))
-    pipes.send_all(("ready", EngineSizes(
-        runner.device, runner.dtype, runner.max_model_len, runner.block_size, runner.num_blocks,
-        engine.scheduler.max_num_seqs,
-    )))  # fmt: skip
-    if ready is not None:
-        ready.set()
-    try:
-        EngineCore(engine).run(pipes.receive, pipes.emit)
-    finally:
-        runner.close()  # tensor parallel: ends the other ranks' processes

@@ -20,7 +20,8 @@ from typing import Protocol
 
 import torch
 
-from r1serve.engine.block_manager import BlockManager, blocks_for
+from r1serve.engine.admission import check_prompt
+from r1serve.engine.block_manager import BlockManager
 from r1serve.engine.sampler import Sampler, to_device
 from r1serve.engine.scheduler import ScheduledChunk, Scheduler, sampled_rows
 from r1serve.engine.sequence import FinishReason, Sequence
@@ -52,26 +53,6 @@ class InFlight:
     # for this step only (a `.tolist()` of `tokens` would queue behind the step launched since).
     host: torch.Tensor | None = None
     copied: torch.cuda.Event | None = None
-
-
-class RequestRejected(ValueError):
-    """A request the engine can never serve (too long for the context or the KV cache)."""
-
-
-def check_prompt(num_prompt_tokens: int, max_model_len: int, num_blocks: int, block_size: int) -> None:
-    """Raise RequestRejected when a prompt of this length can never be served. A function of the
-    engine's sizes alone, so the API process of an engine process checks without asking it."""
-    if num_prompt_tokens < 1:
-        raise RequestRejected("the prompt is empty")
-    if num_prompt_tokens >= max_model_len:
-        raise RequestRejected(
-            f"the prompt has {num_prompt_tokens} tokens; this model's context is {max_model_len} "
-            "tokens including the output"
-        )
-    if blocks_for(num_prompt_tokens + 1, block_size) > num_blocks:
-        raise RequestRejected(
-            f"the prompt has {num_prompt_tokens} tokens; the KV cache holds at most {num_blocks * block_size}"
-        )
 
 
 @dataclass(slots=True)

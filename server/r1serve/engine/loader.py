@@ -11,10 +11,9 @@ import time
 from typing import TYPE_CHECKING
 
 from r1serve.config import Settings
-from r1serve.engine.llm_engine import LLMEngine
-from r1serve.engine.sampler import Sampler
 
 if TYPE_CHECKING:
+    from r1serve.engine.llm_engine import LLMEngine
     from r1serve.model_runner import ModelRunner
 
 log = logging.getLogger(__name__)
@@ -26,7 +25,11 @@ class EngineStartError(RuntimeError):
 
 def build_engine(settings: Settings) -> tuple[ModelRunner, LLMEngine]:
     """Loads the checkpoint, warms the runner up and wraps it in an LLMEngine."""
+    # here, not at the top: the API processes import this module for EngineStartError, and need
+    # neither the engine nor torch
     from r1serve.checkpoint import CheckpointError
+    from r1serve.engine.llm_engine import LLMEngine
+    from r1serve.engine.sampler import Sampler
     from r1serve.model_runner import ModelRunner
 
     s = settings
