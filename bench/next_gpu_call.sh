@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The next GPU call, ready to run (~7 minutes of a 10-minute call).
 #   run: bash bench/next_gpu_call.sh   kind: nvidia-h200   carry: [".whl"]
-# 1. The one-GPU suite in one pytest (session 11's first call: 106 passed, 6 failed, all six because
-#    the pods' R1SERVE_* settings exported below reached the tests' servers; tests now drop them).
+# 1. The one-GPU suite in one pytest, on session 11's final code. Session 11 ran it whole before its
+#    last change (110 passed; two failures were a test that relied on the layers' random init, since
+#    fixed and passed), then only the engine-process, API-process and model-runner tests after it
+#    (31 passed): the API processes no longer import torch.
 # 2. Three cold starts of the 1.5B shape with the pods' settings, the first on a fresh machine, each
-#    with the 1- and 64-stream levels and its start-up phases (cold_start_log). Session 11's first
-#    call: 21.2, 18.6 and 20.5 s, the weight phase 6.4-7.4 s of it; 3.5-4.5 s of that was torch
-#    importing ~800 modules for the meta device, which the model's construction no longer uses.
+#    with the 1- and 64-stream levels and its start-up phases (cold_start_log). Session 11: 10.1-14.5 s
+#    over six servers (18.6-21.2 s before its changes).
 # Each part prints its figures as it ends; JSON is written per run.
 set -u
 cd "$(dirname "$0")/.."
