@@ -28,6 +28,7 @@ for i in 1 2 3; do
     -p gpu_instafail --durations=8 tests/server/test_kernel_precompile.py tests/server/test_engine_gpu.py \
     tests/server/test_gpu_fast_path.py tests/server/test_cuda_graph_staging.py \
     tests/server/test_model_parity.py tests/server/test_engine_process.py \
+    tests/server/test_api_servers.py tests/server/test_model_runner.py \
     tests/server/test_triton_decode_kernels.py tests/server/test_paged_prefill_attention.py \
     tests/server/test_sampler.py && grep -v "^\.*  *\[" "$OUT/gputests.log" | tail -15
 done

@@ -103,9 +103,15 @@ def test_two_api_processes_give_one_process_tokens_and_both_take_connections(sta
         done = [f.result(timeout=300) for f in futures]
     assert sorted(held) != [0, len(prompts)] and sum(held) == len(prompts), held
     assert all(tokens == 400 and finish == "length" for _, tokens, finish in done)
-    # Only the engine process loads torch, not the API processes that served all that (its imports
-    # took ~600 MiB of each one's memory, and seconds of a GPU host's start-up beside the engine's)
-    for process in (psutil.Process(one.proc.pid), *api):
+    # Only the engine process loads torch, not the supervisor or the API processes, whatever they
+    # served (its imports took ~600 MiB of each one's memory, and seconds of a GPU host's start-up
+    # beside the engine's): streams, a prompt rejected without asking the engine, /version, /metrics
+    body = {"model": two.model_dir.name, "prompt": "word " * 5000, "max_tokens": 1}
+    for _ in api:  # each request on its own connection: spread over the API processes
+        assert httpx.post(f"{two.base_url}/v1/completions", json=body, timeout=30).status_code == 400
+        assert httpx.get(f"{two.base_url}/version", timeout=30).json()["dtype"] == "float32"
+        assert httpx.get(f"{two.base_url}/metrics", timeout=30).status_code == 200
+    for process in (psutil.Process(one.proc.pid), psutil.Process(two.proc.pid), *api):
         assert not any("libtorch" in m.path for m in process.memory_maps()), process.cmdline()
     assert any("libtorch" in m.path for m in engine.memory_maps())
 

@@ -93,20 +93,26 @@ def test_small_model_runs_single_threaded_on_cpu(
         torch.set_num_threads(before)
 
 
-def test_loading_imports_no_more_of_torch(tiny_model_dir: Path) -> None:
+def test_loading_imports_no_more_of_torch_and_fills_every_weight(tiny_model_dir: Path) -> None:
     """Loading builds no tensor through torch's Python decompositions: their first use imports ~800
     modules (sympy, torch.fx's symbolic shapes, FSDP), which took 3.5-4.5 s of a GPU host's start-up
-    (session 11). A fresh process, so that nothing before has imported them."""
+    (session 11). A fresh process, so that nothing before has imported them. The parameters, left
+    uninitialised by the layers, each hold their checkpoint tensor afterwards."""
     code = (
         "import sys, torch\n"
         "from pathlib import Path\n"
-        "from r1serve.checkpoint import load_config\n"
-        "from r1serve.model.loader import load_model\n"
+        "from r1serve.checkpoint import iter_tensors, load_config, weight_files\n"
+        "from r1serve.model.loader import checkpoint_layout, load_model\n"
         f"model_dir = Path({str(tiny_model_dir)!r})\n"
         "before = set(sys.modules)\n"
         "model = load_model(model_dir, load_config(model_dir), torch.device('cpu'), torch.bfloat16, False)\n"
-        "assert all(p.dtype == torch.bfloat16 and not p.isnan().any() for p in model.parameters())\n"
-        "print(sorted(set(sys.modules) - before))\n"
+        "imported = sorted(set(sys.modules) - before)\n"
+        "layout = checkpoint_layout(model)\n"
+        "for name, tensor in iter_tensors(weight_files(model_dir), list(layout)):\n"
+        "    slot = layout[name]\n"
+        "    held = slot.param.narrow(0, slot.row, tensor.shape[0])\n"
+        "    assert held.dtype == torch.bfloat16 and torch.equal(held, tensor.to(torch.bfloat16)), name\n"
+        "print(imported)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

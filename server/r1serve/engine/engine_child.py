@@ -5,7 +5,8 @@ lifeline and exit wording every child process of the server shares.
 model while the API process imports its own web stack, instead of after (on an H200 the engine
 process made the 1.5B shape ready 4.5 s later than the in-process thread, most of it the two
 processes importing one after the other). `EngineProcess.launch` adopts the child, or starts one here.
-The API processes never import torch: only the child runs the model (`engine_main`).
+With an engine process the API processes never import torch: only the child runs the model
+(`engine_main`).
 """
 
 from __future__ import annotations

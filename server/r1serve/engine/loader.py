@@ -25,15 +25,16 @@ class EngineStartError(RuntimeError):
 
 def build_engine(settings: Settings) -> tuple[ModelRunner, LLMEngine]:
     """Loads the checkpoint, warms the runner up and wraps it in an LLMEngine."""
-    # here, not at the top: the API processes import this module for EngineStartError, and need
-    # neither the engine nor torch
     from r1serve.checkpoint import CheckpointError
-    from r1serve.engine.llm_engine import LLMEngine
-    from r1serve.engine.sampler import Sampler
-    from r1serve.model_runner import ModelRunner
 
     s = settings
     try:
+        # here, not at the top: the API processes import this module for EngineStartError, and need
+        # neither the engine nor torch; inside the try, so that a broken install says why
+        from r1serve.engine.llm_engine import LLMEngine
+        from r1serve.engine.sampler import Sampler
+        from r1serve.model_runner import ModelRunner
+
         started = time.monotonic()
         runner = ModelRunner(
             s.model,

@@ -80,10 +80,15 @@ def _allocated(config: ModelConfig, tp: TensorParallel, device: torch.device, dt
     among them) when first used."""
     with torch.device("meta"):
         model = CausalLM(config, tp).to(dtype=dtype)
+    if any(True for _ in model.buffers()):  # would stay on the meta device
+        raise NotImplementedError("CausalLM has buffers: allocate (and fill) them here too")
+    allocated: dict[int, torch.nn.Parameter] = {}  # a parameter shared by two modules stays shared
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
-            empty = torch.empty(param.shape, dtype=param.dtype, device=device)
-            setattr(module, name, torch.nn.Parameter(empty, requires_grad=False))
+            if id(param) not in allocated:
+                empty = torch.empty(param.shape, dtype=param.dtype, device=device)
+                allocated[id(param)] = torch.nn.Parameter(empty, requires_grad=False)
+            setattr(module, name, allocated[id(param)])
     return model
 
 

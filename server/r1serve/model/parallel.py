@@ -7,9 +7,9 @@ partial sum of the full output, and one all-reduce per layer adds them up. Two a
 decoder layer (after o_proj and after down_proj) and one all-gather of the LM head's vocabulary
 slices are the only communication of a step.
 
-With one rank every class here is exactly `nn.Linear` (same parameters, same calls), so the
-single-GPU path is unchanged. Collectives use the default `torch.distributed` process group: NCCL on
-CUDA, gloo on the CPU (the tests).
+With one rank every class here is exactly `nn.Linear` (same parameters, same calls; only the
+initialisation is left to the loader), so the single-GPU path is unchanged. Collectives use the
+default `torch.distributed` process group: NCCL on CUDA, gloo on the CPU (the tests).
 """
 
 from __future__ import annotations
