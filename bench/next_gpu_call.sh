@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The next GPU call, ready to run (~7 minutes of a 10-minute call).
+# The next GPU call, ready to run (~8.5 minutes of a 10-minute call).
 #   run: bash bench/next_gpu_call.sh   kind: nvidia-h200   carry: [".whl"]
 # 1. The one-GPU suite in one pytest, on session 11's final code. Session 11 ran it whole before its
 #    last change (110 passed; two failures were a test that relied on the layers' random init, since
@@ -24,7 +24,7 @@ for i in 1 2 3; do
   python3 -c "import json, sys; print(*json.load(open(sys.argv[1]))['cold_start_log'], sep='\n')" \
     "$OUT/start$i/bench-1.5b.json"  # each start-up phase's time
   rm -f "$OUT/start$i/server.log" "$OUT/start$i"/*.png "$OUT/start$i.log"
-  [ "$i" = 1 ] && part gputests 330 bash bench/device.sh python3 -m pytest -q -p no:cacheprovider \
+  [ "$i" = 1 ] && part gputests 420 bash bench/device.sh python3 -m pytest -q -p no:cacheprovider \
     -p gpu_instafail --durations=8 tests/server/test_kernel_precompile.py tests/server/test_engine_gpu.py \
     tests/server/test_gpu_fast_path.py tests/server/test_cuda_graph_staging.py \
     tests/server/test_model_parity.py tests/server/test_engine_process.py \
