@@ -32,11 +32,11 @@ class ServerState:
     ) -> None:
         self.settings = settings
         if not settings.engine_process:
-            # The engine runs in this process: import it (torch with it) here, before the server
-            # listens. On the load thread the import would hold the GIL from the event loop's probes
-            # for seconds, and a SIGTERM during it would end the interpreter under the import.
-            import r1serve.engine.llm_engine
-            import r1serve.model_runner  # noqa: F401
+            # The engine runs in this process: import it (the model runner and torch with it) here,
+            # before the server listens. On the load thread the import would hold the GIL from the
+            # event loop's probes for seconds, and a SIGTERM during it would end the interpreter
+            # under the import.
+            import r1serve.engine.llm_engine  # noqa: F401
         self._engine_child = engine_child  # an engine process `r1serve serve` started early
         self.model_name = settings.model_name
         self.on_fatal = on_fatal
