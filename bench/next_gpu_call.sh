@@ -8,6 +8,7 @@
 # 2. Three cold starts of the 1.5B shape with the pods' settings, the first on a fresh machine, each
 #    with the 1- and 64-stream levels and its start-up phases (cold_start_log). Session 11: 10.1-14.5 s
 #    over six servers (18.6-21.2 s before its changes).
+# 3. `python -m bench.startup_profile` once: the engine's start-up by step and code site.
 # Each part prints its figures as it ends; JSON is written per run.
 set -u
 cd "$(dirname "$0")/.."
@@ -32,4 +33,7 @@ for i in 1 2 3; do
     tests/server/test_triton_decode_kernels.py tests/server/test_paged_prefill_attention.py \
     tests/server/test_sampler.py && grep -v "^\.*  *\[" "$OUT/gputests.log" | tail -15
 done
+part profile 60 bash bench/device.sh python3 -m bench.startup_profile /tmp/bench-1.5b --top 15 \
+  --out "$OUT/profile"  # the engine's start-up by step: imports, weights, kernels, graphs
+grep -v "^torch\|^NVIDIA" "$OUT/profile.log"; rm -f "$OUT/profile.log"
 ls -R "$OUT"
