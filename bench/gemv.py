@@ -218,9 +218,19 @@ class Stack:
         tensors += [self.final_norm] + ([self.lm_head] if head else [])
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    def step(self, linear: Callable, fused_rope: bool, residual: str, head: bool) -> torch.Tensor:
+    def step(
+        self,
+        linear: Callable,
+        fused_rope: bool,
+        residual: str,
+        head: bool,
+        before: Callable[[str, int], None] | None = None,
+    ) -> torch.Tensor:
         """One decode step through every layer. `residual`: "add" (`h + linear(...)`, then RMSNorm),
-        "epilogue" (gemv adds it, then RMSNorm) or "add_rms_norm" (the fused add + norm)."""
+        "epilogue" (gemv adds it, then RMSNorm) or "add_rms_norm" (the fused add + norm). `before(name,
+        i)` runs before layer i's matmul `name` (qkv, o, gate_up, down) is launched."""
+        if before is None:
+            before = lambda name, i: None  # noqa: E731
         cfg = self.cfg
         heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
         head_dim = cfg["hidden_size"] // heads
@@ -238,6 +248,7 @@ class Stack:
         h = self.h0.clone()  # add_rms_norm updates it in place; every replay starts from h0
         x = triton_fused.rms_norm(h, self.layers[0].in_norm, eps)
         for i, layer in enumerate(self.layers):
+            before("qkv", i)
             qkv = linear(x, layer.qkv, layer.qkv_bias)
             if fused_rope:
                 q = triton_fused.rope_store_kv(
@@ -252,9 +263,13 @@ class Stack:
                 triton_fused.rope_(q, k, self.positions, self.inv_freq)
                 store_kv(k, v, layer.k_cache, layer.v_cache, self.slots)
             attention = q.flatten(1)  # attention itself is not what this measures
+            before("o", i)
             x, h = add_norm(attention, layer.o, h, layer.post_norm)
             following = self.layers[i + 1].in_norm if i + 1 < len(self.layers) else self.final_norm
-            x, h = add_norm(triton_fused.silu_mul(linear(x, layer.gate_up)), layer.down, h, following)
+            before("gate_up", i)
+            gated = triton_fused.silu_mul(linear(x, layer.gate_up))
+            before("down", i)
+            x, h = add_norm(gated, layer.down, h, following)
         return linear(x, self.lm_head) if head else x
 
 

@@ -67,7 +67,10 @@ def runner_settings(context: int) -> dict:
     return dict(max_model_len=context + 1024, max_num_seqs=256, kv_cache_memory=24 * 2**30, progress=False)
 
 
-def gpu_ms_by_family(runner: ModelRunner, batch: list[ScheduledSeq], iters: int = 5) -> dict[str, float]:
+def gpu_kernels(
+    runner: ModelRunner, batch: list[ScheduledSeq], iters: int = 5
+) -> dict[str, tuple[float, float]]:
+    """kernel name -> (launches per step, GPU µs per step)."""
     for _ in range(2):
         runner.run(batch)
     torch.cuda.synchronize()
@@ -75,11 +78,31 @@ def gpu_ms_by_family(runner: ModelRunner, batch: list[ScheduledSeq], iters: int 
         for _ in range(iters):
             runner.run(batch)
         torch.cuda.synchronize()
+    return {
+        event.key: (event.count / iters, event.device_time_total / iters)
+        for event in prof.key_averages()
+        if event.device_type == torch.autograd.DeviceType.CUDA
+    }
+
+
+def by_family(kernels: dict[str, tuple[float, float]]) -> dict[str, float]:
     totals: dict[str, float] = defaultdict(float)
-    for event in prof.key_averages():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
-            totals[family(event.key)] += event.device_time_total / 1e3 / iters
+    for name, (_, us) in kernels.items():
+        totals[family(name)] += us / 1e3
     return dict(totals)
+
+
+def print_kernels(case: str, kernels: dict[str, tuple[float, float]]) -> None:
+    """Every kernel of one step, costliest first: how many launches a step makes, and their cost."""
+    table = Table(title=f"{case}: every kernel of one step (eager)")
+    for column in ("kernel", "family", "launches", "µs each", "µs per step"):
+        table.add_column(column, justify="left" if column in ("kernel", "family") else "right")
+    for name, (count, us) in sorted(kernels.items(), key=lambda kv: -kv[1][1]):
+        table.add_row(name[:90], family(name), f"{count:g}", f"{us / count:.2f}", f"{us:.1f}")
+    launches = sum(count for count, _ in kernels.values())
+    total = sum(us for _, us in kernels.values())
+    table.add_row("all", "", f"{launches:g}", f"{total / launches:.2f}", f"{total:.1f}", style="bold")
+    console.print(table)
 
 
 def wall_ms(runner: ModelRunner, batch: list[ScheduledSeq], iters: int = 20) -> float:
@@ -97,14 +120,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.profile_step", description=__doc__.splitlines()[0])
     ap.add_argument("--shape", choices=sorted(shapes.SHAPES), default="1.5b")
     ap.add_argument("--context", type=int, default=800, help="tokens each decoding sequence has cached")
+    ap.add_argument("--kernels", action="store_true", help="also list every kernel of the batch-1 step")
+    ap.add_argument("--blas", choices=("cublas", "cublaslt"), default="cublas", help="torch's BLAS library")
     args = ap.parse_args()
+    torch.backends.cuda.preferred_blas_library(args.blas)
     model_dir = Path(f"/tmp/bench-{args.shape}")
     if not (model_dir / "model.safetensors.index.json").exists():
         shapes.write_checkpoint(model_dir, args.shape)
     common = runner_settings(args.context)
     eager = ModelRunner(model_dir, enforce_eager=True, **common)
     cases = steps(args.context, eager.num_blocks, eager.block_size)
-    profiles = {name: gpu_ms_by_family(eager, batch) for name, batch in cases.items()}
+    kernels = {name: gpu_kernels(eager, batch) for name, batch in cases.items()}
+    profiles = {name: by_family(k) for name, k in kernels.items()}
+    if args.kernels:
+        print_kernels("decode b1", kernels["decode b1"])
     walls_eager = {name: wall_ms(eager, batch) for name, batch in cases.items()}
     del eager
     torch.cuda.empty_cache()
@@ -113,7 +142,9 @@ def main() -> None:
 
     families = {f for p in profiles.values() for f in p}
     names = sorted(families, key=lambda f: -profiles["decode b256"].get(f, 0))
-    table = Table(title=f"GPU ms per step by kernel family, {args.shape} shape, contexts of {args.context}")
+    table = Table(
+        title=f"GPU ms per step by kernel family, {args.shape} shape, contexts of {args.context}, {args.blas}"
+    )
     table.add_column("kernels")
     for name in cases:
         table.add_column(name, justify="right")

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from r1serve.packed_step import pack
 
-from bench.profile_step import family, runner_settings, steps
+from bench import console
+from bench.profile_step import by_family, family, print_kernels, runner_settings, steps
 
 
 @pytest.mark.parametrize("context", [800, 4000])
@@ -31,3 +32,16 @@ def test_kernel_names_fall_into_families() -> None:
     assert family("_rope_store_kv_kernel") == "rotary + KV store"
     assert family("void at::native::elementwise_kernel<copy>") == "copies / casts"
     assert family("_merge_splits") == "other"
+
+
+def test_the_kernel_list_adds_up_per_family_and_in_all() -> None:
+    kernels = {
+        "nvjet_sm90_tst_192x8": (28.0, 486.0),
+        "_rms_norm_kernel": (57.0, 97.0),
+        "_merge_splits": (28.0, 58.0),
+    }
+    assert by_family(kernels) == {"matmul": 0.486, "add + RMSNorm": 0.097, "other": 0.058}
+    with console.capture() as out:
+        print_kernels("decode b1", kernels)
+    total = next(line for line in out.get().splitlines() if "all" in line)
+    assert "113" in total and "641.0" in total  # launches and µs per step of the three
