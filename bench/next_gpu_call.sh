@@ -1,39 +1,42 @@
 #!/usr/bin/env bash
-# The next GPU call, ready to run (~8.5 minutes of a 10-minute call).
+# The next GPU call, ready to run (~9 minutes of a 10-minute call).
 #   run: bash bench/next_gpu_call.sh   kind: nvidia-h200   carry: [".whl"]
-# 1. The one-GPU suite in one pytest, on session 11's final code. Session 11 ran it whole before its
-#    last change (110 passed; two failures were a test that relied on the layers' random init, since
-#    fixed and passed), then only the engine-process, API-process and model-runner tests after it
-#    (31 passed): the API processes no longer import torch.
-# 2. Three cold starts of the 1.5B shape with the pods' settings, the first on a fresh machine, each
-#    with the 1- and 64-stream levels and its start-up phases (cold_start_log). Session 11: 10.1-14.5 s
-#    over six servers (18.6-21.2 s before its changes).
-# 3. `python -m bench.startup_profile` once: the engine's start-up by step and code site.
-# Each part prints its figures as it ends; JSON is written per run.
+# It validates rotary + the K/V store inside the decode attention kernel (decoder.FUSED_DECODE_ROPE,
+# off since session 12: docs/PERFORMANCE.md, session 12, section 6) and measures it:
+# 1. the kernel against the two launches it replaces (how many ulp the K caches are apart) and the
+#    model's greedy tokens with the flag on and off;
+# 2. the flag switched on in this machine's copy of the tree (only there), then the whole one-GPU
+#    suite with it on (session 12 with it off: 133 passed, 2 skipped);
+# 3. `bench.profile_step` with the flag on, then off, on the same lease (session 12, across two
+#    leases: batch 1 1.752 against 1.820 ms a step);
+# 4. the decode and online cases with it on, with the pods' settings.
+# If all pass, set FUSED_DECODE_ROPE = True in server/r1serve/model/decoder.py and record the run.
 set -u
 cd "$(dirname "$0")/.."
 source bench/part.sh
 nvidia-smi -L
 bash bench/device.sh true > /dev/null
-bash bench/device.sh python3 -c "from pathlib import Path; from bench.shapes import write_checkpoint; \
-write_checkpoint(Path('/tmp/bench-1.5b'), '1.5b')" > /dev/null
-export R1SERVE_ENGINE_PROCESS=true R1SERVE_ASYNC_SCHEDULING=true R1SERVE_API_SERVERS=2
-for i in 1 2 3; do
-  part "start$i" 80 bash bench/device.sh python3 -m bench --shape 1.5b --cases coldstart,online \
-    --levels 1,64 --out "$OUT/start$i"
-  grep -v httpx "$OUT/start$i.log" | grep "cold start\|│"
-  python3 -c "import json, sys; print(*json.load(open(sys.argv[1]))['cold_start_log'], sep='\n')" \
-    "$OUT/start$i/bench-1.5b.json"  # each start-up phase's time
-  rm -f "$OUT/start$i/server.log" "$OUT/start$i"/*.png "$OUT/start$i.log"
-  [ "$i" = 1 ] && part gputests 420 bash bench/device.sh python3 -m pytest -q -p no:cacheprovider \
-    -p gpu_instafail --durations=8 tests/server/test_kernel_precompile.py tests/server/test_engine_gpu.py \
-    tests/server/test_gpu_fast_path.py tests/server/test_cuda_graph_staging.py \
-    tests/server/test_model_parity.py tests/server/test_engine_process.py \
-    tests/server/test_api_servers.py tests/server/test_model_runner.py \
-    tests/server/test_triton_decode_kernels.py tests/server/test_paged_prefill_attention.py \
-    tests/server/test_sampler.py && grep -v "^\.*  *\[" "$OUT/gputests.log" | tail -15
+PT="python3 -m pytest -q -p no:cacheprovider -p gpu_instafail"
+part fused 90 bash bench/device.sh $PT -v tests/server/test_paged_prefill_attention.py \
+  tests/server/test_gpu_fast_path.py -k "new_kv or fused_decode_rope"
+grep -E "PASSED|FAILED|ulp|splits:" "$OUT/fused.log" | cut -c1-200 | head -30
+sed -i 's/^FUSED_DECODE_ROPE = False$/FUSED_DECODE_ROPE = True/' server/r1serve/model/decoder.py
+grep -n "^FUSED_DECODE_ROPE" server/r1serve/model/decoder.py
+part gputests 330 bash bench/device.sh $PT --durations=5 tests/server/test_kernel_precompile.py \
+  tests/server/test_engine_gpu.py tests/server/test_gpu_fast_path.py tests/server/test_cuda_graph_staging.py \
+  tests/server/test_model_parity.py tests/server/test_engine_process.py tests/server/test_model_runner.py \
+  tests/server/test_triton_decode_kernels.py tests/server/test_paged_prefill_attention.py \
+  tests/server/test_sampler.py
+grep -v "^\.*  *\[" "$OUT/gputests.log" | tail -12
+for flag in True False; do
+  sed -i "s/^FUSED_DECODE_ROPE = .*/FUSED_DECODE_ROPE = $flag/" server/r1serve/model/decoder.py
+  part "profile_$flag" 60 bash bench/device.sh python3 -m bench.profile_step
+  grep "GPU total\|wall, CUDA" "$OUT/profile_$flag.log"
 done
-part profile 60 bash bench/device.sh python3 -m bench.startup_profile /tmp/bench-1.5b --top 15 \
-  --out "$OUT/profile"  # the engine's start-up by step: imports, weights, kernels, graphs
-grep -v "^torch\|^NVIDIA" "$OUT/profile.log"; rm -f "$OUT/profile.log"
+sed -i 's/^FUSED_DECODE_ROPE = .*/FUSED_DECODE_ROPE = True/' server/r1serve/model/decoder.py
+export R1SERVE_ENGINE_PROCESS=true R1SERVE_ASYNC_SCHEDULING=true R1SERVE_API_SERVERS=2
+part bench 100 bash bench/device.sh python3 -m bench --shape 1.5b --cases decode,online --levels 1,64 \
+  --out "$OUT/bench"
+grep -v httpx "$OUT/bench.log" | grep "│\|┃" | cut -c1-230
+rm -f "$OUT"/bench/server.log "$OUT"/bench/*.png
 ls -R "$OUT"

@@ -16,10 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from r1serve.checkpoint import RopeConfig
 from r1serve.model.attention import paged_attention, reference_paged_attention
-from r1serve.model.triton_attention import TileConfig, paged_decode_attention, paged_varlen_attention
+from r1serve.model.rotary import inverse_frequencies
+from r1serve.model.triton_attention import NewKV, TileConfig, paged_decode_attention, paged_varlen_attention
+from r1serve.model.triton_fused import rope_store_kv
 
-from bench.attention import Step, metadata, random_step
+from bench.attention import PAGE, Step, metadata, random_step
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,6 +50,57 @@ def tolerance(dtype: torch.dtype) -> float:
     # 16-bit inputs: P is rounded to the input type before the P @ V product, as in flash-attention
     # (bf16 keeps 8 bits of mantissa, fp16 11: 2.6e-4 was measured for fp16 on an H200)
     return {torch.bfloat16: 1e-2, torch.float16: 1e-3}.get(dtype, 1e-5)
+
+
+def decode_with_new_kv_failures(
+    seqs: list[tuple[int, int]], heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: str,
+    splits: tuple[int, ...],
+) -> list[str]:  # fmt: skip
+    """The decode form with `new_kv` (rotary, the K/V store and attention in one launch) against the
+    two launches it replaces, `rope_store_kv` then the decode form (each tested against PyTorch on
+    its own): the same caches to the bit, the same output within the dtype's tolerance (only the new
+    position's score is summed in another order), the projection left as it was. The caches start
+    with random K/V at the new tokens' slots, which the kernel must overwrite, not read."""
+    step = random_step(seqs, heads, kv_heads, head_dim, dtype, device, seed=heads + head_dim)
+    meta = step.meta
+    gen = torch.Generator().manual_seed(head_dim)
+    width = (heads + 2 * kv_heads) * head_dim
+    qkv = torch.randn(len(seqs), width + 8, generator=gen).to(dtype).to(device)[:, :width]  # strided rows
+    positions = meta.context_lens - 1
+    tables = meta.block_tables.long()
+    slots = tables.gather(1, (positions // PAGE)[:, None])[:, 0] * PAGE + positions % PAGE
+    inv_freq = inverse_frequencies(head_dim, RopeConfig(theta=10000.0)).to(device)
+    failures, label = [], f"decode + new K/V {heads}/{kv_heads}x{head_dim} {dtype}"
+    for n in splits:
+        want_k, want_v, rotated = step.k_cache.clone(), step.v_cache.clone(), qkv.clone()
+        q = rope_store_kv(rotated, positions, inv_freq, want_k, want_v, slots, heads, kv_heads, head_dim)
+        want = paged_decode_attention(q, want_k, want_v, meta.block_tables, meta.context_lens, n)
+        k_cache, v_cache, before = step.k_cache.clone(), step.v_cache.clone(), qkv.clone()
+        q_part = qkv[:, : heads * head_dim].unflatten(1, (heads, head_dim))
+        new_kv = NewKV(positions, inv_freq, slots)
+        got = paged_decode_attention(
+            q_part, k_cache, v_cache, meta.block_tables, meta.context_lens, n, new_kv=new_kv
+        )
+        rel = relative_error(got, want.float().cpu())
+        if not rel < tolerance(dtype):
+            failures.append(f"{label} {n} splits: output {rel:.2e}")
+        if not torch.equal(v_cache, want_v):
+            failures.append(f"{label} {n} splits: the v cache differs")
+        # k: the same rotation arithmetic as rope_store_kv's, in another kernel. In the interpreter
+        # the two are bit-equal; on an H200 (session 12) the bf16 caches were not, by an amount that
+        # run did not record. One ulp (a cos or sin rounded the other way) is allowed.
+        ulps = ((k_cache.double() - want_k.double()).abs() / ulp(want_k.double(), dtype)).max().item()
+        if not ulps <= 1:
+            failures.append(f"{label} {n} splits: the k cache is {ulps:.1f} ulp off")
+        if not torch.equal(qkv, before):
+            failures.append(f"{label} {n} splits: the packed projection was written")
+    return failures
+
+
+def ulp(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The spacing of `dtype` numbers at |v| (the smallest normal's at 0)."""
+    _, exponent = torch.frexp(v.abs().clamp_min(torch.finfo(dtype).tiny))
+    return torch.ldexp(torch.full_like(v, torch.finfo(dtype).eps), exponent - 1)
 
 
 def patch_interpreter_bf16_dot() -> None:
@@ -119,6 +173,11 @@ def run_interpreter_cases() -> list[str]:
             rel = relative_error(got, want)
             if not rel < tolerance(dtype):
                 failures.append(f"decode {heads}/{kv_heads}x{head_dim} {dtype} {splits} splits: {rel:.2e}")
+        # the same with the tokens' own K/V still in the packed projection: the new token falls in
+        # the single program, in one of 2 splits, and in the last non-empty one of 32
+        seqs = [(0, 1), (15, 1), (16, 1), (70, 1), (200, 1)]
+        failures += decode_with_new_kv_failures(seqs, heads, kv_heads, head_dim, dtype, "cpu", (1, 2, 32))
+        failures += decode_with_new_kv_failures([(37, 1)], heads, kv_heads, head_dim, dtype, "cpu", (1, 4))
     return failures
 
 
@@ -170,6 +229,27 @@ def test_mixed_step_on_cuda_matches_reference(heads: int, kv_heads: int, head_di
     assert got.dtype == dtype
     rel = relative_error(got, reference(step))
     assert rel < tolerance(dtype), f"relative error {rel:.2e}"
+
+
+@cuda
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "head_dim", "dtype"),
+    [
+        (12, 2, 128, torch.bfloat16),  # 1.5B
+        (28, 4, 128, torch.bfloat16),  # 7B
+        (6, 1, 128, torch.bfloat16),  # 1.5B on one of two tensor-parallel ranks
+        (12, 2, 128, torch.float32),
+    ],
+)
+@pytest.mark.parametrize("batch", [1, 64])
+def test_decode_with_new_kv_on_cuda_matches_rotary_store_then_attention(
+    heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype, batch: int
+) -> None:
+    rng = random.Random(batch * 100 + heads)
+    # contexts from 1 token to past 2,000, and one at each side of a cache block's edge
+    starts = [0, PAGE - 1, PAGE, 2047] + [rng.randint(0, 2100) for _ in range(batch)]
+    seqs = [(s, 1) for s in starts[:batch]]
+    assert decode_with_new_kv_failures(seqs, heads, kv_heads, head_dim, dtype, "cuda", (0, 1, 4)) == []
 
 
 def test_decode_splits_fill_the_gpu_and_stop_once_the_sequences_do() -> None:

@@ -15,7 +15,9 @@ Two specialisations of the same kernel:
   (at batch 1 on an H200, attention over 800 tokens took a third of the 1.5B shape's step): the
   context is then split over up to MAX_SPLITS programs, and a second kernel merges their partial
   softmaxes (flash-decoding). The split count depends on the batch and the card alone, never on the
-  context lengths, so a captured graph stays valid.
+  context lengths, so a captured graph stays valid. With `NewKV` the same launch also does
+  `triton_fused.rope_store_kv`'s work: the tokens' q and k come unrotated in the packed projection,
+  and their K/V are written to the cache and attended to from registers.
 - varlen (`paged_varlen_attention`, any query lengths): query tiles of all sequences are numbered
   as if each sequence's tiles started at `cu_seqlens_q[i] // BLOCK_Q + i`, which over-counts by at
   most one tile per sequence; the grid covers `num_tokens // BLOCK_Q + batch` tiles and each
@@ -158,6 +160,50 @@ if triton is not None:
         return acc, l_i, m_i
 
     @triton.jit
+    def _rope_angle(rope_pos_ptr, inv_freq_ptr, token, HEAD_DIM: tl.constexpr):
+        """[HEAD_DIM] float32 angles of `token`'s position, each frequency twice (the half-split layout),
+        computed as `triton_fused._angle` computes them."""
+        d = tl.arange(0, HEAD_DIM)
+        return tl.load(rope_pos_ptr + token).to(tl.float32) * tl.load(inv_freq_ptr + d % (HEAD_DIM // 2))
+
+    @triton.jit
+    def _rope_rows(x, partner, angle, HEAD_DIM: tl.constexpr):
+        """Rows `x` [..., HEAD_DIM] rotated by `angle`; `partner` holds each element's other half
+        (x2 beside x1, x1 beside x2). Rounded as `triton_fused._rotate` rounds: each product in the
+        dtype, then their sum."""
+        dtype = x.dtype
+        cos = tl.cos(angle).to(dtype).to(tl.float32)
+        sin = tl.sin(angle).to(dtype).to(tl.float32)
+        sign = tl.where(tl.arange(0, HEAD_DIM) < HEAD_DIM // 2, -1.0, 1.0)  # rotate_half: (-x2, x1)
+        rotated = (x.to(tl.float32) * cos).to(dtype).to(tl.float32)
+        rotated += (sign * partner.to(tl.float32) * sin).to(dtype).to(tl.float32)
+        return rotated.to(dtype)
+
+    @triton.jit
+    def _attend_new_token(
+        acc, l_i, m_i, q, qkv_ptr, seq, kv_head, angle, slot_ptr, k_cache_ptr, v_cache_ptr, qk_scale,
+        stride_t, stride_head, NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+    ):  # fmt: skip
+        """A decode token's own K/V, from the packed projection `qkv`: k rotated, both written to the
+        token's cache slot (as `triton_fused.rope_store_kv` writes them), and the online softmax of
+        the rows `q` stepped over that one position (as `_attend` steps over a block of them)."""
+        d = tl.arange(0, HEAD_DIM)
+        k_src = qkv_ptr + seq.to(tl.int64) * stride_t + (NUM_KV_HEADS * GROUP + kv_head) * stride_head
+        k = tl.load(k_src + d).to(k_cache_ptr.dtype.element_ty)
+        k = _rope_rows(k, tl.load(k_src + (d + HEAD_DIM // 2) % HEAD_DIM).to(k.dtype), angle, HEAD_DIM)
+        v = tl.load(k_src + NUM_KV_HEADS * stride_head + d).to(v_cache_ptr.dtype.element_ty)
+        slot = tl.load(slot_ptr + seq).to(tl.int64) * (NUM_KV_HEADS * HEAD_DIM) + kv_head * HEAD_DIM
+        tl.store(k_cache_ptr + slot + d, k)
+        tl.store(v_cache_ptr + slot + d, v)
+        score = tl.sum(q.to(tl.float32) * k.to(tl.float32)[None, :], 1) * qk_scale
+        m_new = tl.maximum(m_i, score)
+        p = tl.math.exp2(score - m_new)
+        alpha = tl.math.exp2(m_i - m_new)
+        # P is rounded to V's dtype before the product, as in _attend's tl.dot
+        acc = acc * alpha[:, None] + p.to(v.dtype).to(tl.float32)[:, None] * v.to(tl.float32)[None, :]
+        return acc, l_i * alpha + p, m_new
+
+    @triton.jit
     def _find_sequence(cu_seqlens_ptr, tile, batch, BLOCK_Q: tl.constexpr):
         """The sequence i whose tiles start at or before `tile`: largest i with
         cu_seqlens[i] // BLOCK_Q + i <= tile (that start is strictly increasing in i)."""
@@ -183,6 +229,9 @@ if triton is not None:
         block_tables_ptr,
         cu_seqlens_ptr,
         pos_ptr,  # varlen: start_pos; decode: context_lens
+        rope_pos_ptr,  # ROPE: each token's position (the rotary angle)
+        inv_freq_ptr,  # ROPE: [HEAD_DIM // 2] float32
+        slot_ptr,  # ROPE: the cache slot each token's K/V is written to
         batch,
         qk_scale,
         stride_q_tok,
@@ -200,6 +249,7 @@ if triton is not None:
         DOT_PRECISION: tl.constexpr,
         DECODE: tl.constexpr,
         SPLITS: tl.constexpr,
+        ROPE: tl.constexpr,
     ):
         kv_head = tl.program_id(1)
         if DECODE:
@@ -227,6 +277,11 @@ if triton is not None:
             d = tl.arange(0, HEAD_DIM)
             q_row = (q_start + token).to(tl.int64) * stride_q_tok + head * stride_q_head
             q = tl.load(q_ptr + q_row[:, None] + d[None, :], mask=row_mask[:, None], other=0.0)
+            if ROPE:  # decode: q is the packed projection's, unrotated
+                angle = _rope_angle(rope_pos_ptr, inv_freq_ptr, seq, HEAD_DIM)
+                partner = tl.load(q_ptr + q_row[:, None] + ((d + HEAD_DIM // 2) % HEAD_DIM)[None, :],
+                                  mask=row_mask[:, None], other=0.0)  # fmt: skip
+                q = _rope_rows(q, partner, angle, HEAD_DIM)
 
             q_pos = start_pos + token
             # the first row's causal limit bounds the blocks every row sees whole; the last row's
@@ -244,14 +299,29 @@ if triton is not None:
                 per_split = tl.cdiv(tl.cdiv(kv_end, BLOCK_N), SPLITS) * BLOCK_N
                 lo = tl.program_id(2) * per_split
                 hi = tl.minimum(lo + per_split, kv_end)
+            seen = q_pos  # the last position each row attends to in the cache
+            if ROPE:
+                # The token's own K/V is not in the cache yet: the program whose split holds its
+                # position writes it there for later steps and attends to it from registers, so no
+                # program reads a slot another one writes in this launch.
+                owns_new = (lo <= start_pos) & (start_pos < hi)
+                if owns_new:
+                    hi = start_pos
+                    seen = q_pos - 1  # the masked blocks' mask must drop the token's slot too
             acc, l_i, m_i = _attend(
                 acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, table_ptr, kv_head, lo, tl.minimum(hi, full_end),
                 qk_scale, NUM_KV_HEADS, HEAD_DIM, PAGE, BLOCK_N, DOT_PRECISION, MASKED=False,
             )  # fmt: skip
             acc, l_i, m_i = _attend(
-                acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, table_ptr, kv_head, tl.maximum(lo, full_end), hi,
+                acc, l_i, m_i, q, seen, k_ptr, v_ptr, table_ptr, kv_head, tl.maximum(lo, full_end), hi,
                 qk_scale, NUM_KV_HEADS, HEAD_DIM, PAGE, BLOCK_N, DOT_PRECISION, MASKED=True,
             )  # fmt: skip
+            if ROPE:  # noqa: SIM102 (static: owns_new exists only with ROPE)
+                if owns_new:
+                    acc, l_i, m_i = _attend_new_token(
+                        acc, l_i, m_i, q, q_ptr, seq, kv_head, angle, slot_ptr, k_ptr, v_ptr, qk_scale,
+                        stride_q_tok, stride_q_head, NUM_KV_HEADS, GROUP, HEAD_DIM,
+                    )  # fmt: skip
 
             if SPLITS > 1:
                 # unnormalised: _merge_splits weighs the splits by their maxima (m_i: -inf, l_i: 0
@@ -301,10 +371,11 @@ def _launch(
     tile: TileConfig,
     group_pad: int,
     splits: int = 1,
+    new_kv: NewKV | None = None,
 ) -> torch.Tensor:
     """The decode form when cu_seqlens_q is None (positions: context_lens), else the varlen form
     (positions: start_pos). `splits` > 1 (decode form only): the context split over that many
-    programs, merged by a second kernel."""
+    programs, merged by a second kernel. `new_kv` (decode form only): see `paged_decode_attention`."""
     _, num_heads, head_dim = q.shape
     _, page, num_kv_heads, _ = k_cache.shape
     decode = cu_seqlens_q is None
@@ -326,6 +397,8 @@ def _launch(
         block_tables,
         positions if decode else cu_seqlens_q,  # a pointer the decode form does not read
         positions,
+        # rope_pos_ptr, inv_freq_ptr, slot_ptr: not read without new_kv
+        *((new_kv.positions, new_kv.inv_freq, new_kv.slot_mapping) if new_kv else (positions,) * 3),
         block_tables.shape[0],
         head_dim**-0.5 * LOG2E,
         q.stride(0),
@@ -344,6 +417,7 @@ def _launch(
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         DECODE=decode,
         SPLITS=splits,
+        ROPE=new_kv is not None,
         num_warps=tile.num_warps,
         num_stages=tile.num_stages,
     )
@@ -355,6 +429,17 @@ def _launch(
     return out
 
 
+@dataclass(frozen=True)
+class NewKV:
+    """A decode step's own K/V, still in the packed projection beside q: the attention kernel rotates
+    q and k, writes k and v to the cache and attends to them, in the one launch (rotary, store and
+    attention: a decode step is bound by its launches)."""
+
+    positions: torch.Tensor  # [batch]: each token's position, the rotary angle
+    inv_freq: torch.Tensor  # [head_dim // 2] float32 (`RotaryEmbedding.inv_freq`)
+    slot_mapping: torch.Tensor  # [batch]: the cache slot each token's K/V goes to
+
+
 def paged_decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -363,19 +448,36 @@ def paged_decode_attention(
     context_lens: torch.Tensor,
     splits: int = 0,
     tile: TileConfig = DECODE_TILE,
+    new_kv: NewKV | None = None,
 ) -> torch.Tensor:
     """q `[batch, heads, head_dim]` (one token per sequence, the last of its context); caches
     `[blocks, page, kv_heads, head_dim]`. Safe to capture in a CUDA graph. `splits`: context splits
     per (sequence, KV head), a power of two up to MAX_SPLITS (0: `decode_splits` picks); `tile`: the
-    launch shape (block_q is 1; the microbenchmark sweeps the others)."""
-    batch, num_heads, _ = q.shape
+    launch shape (block_q is 1; the microbenchmark sweeps the others).
+
+    Without `new_kv` the caches already hold the tokens' K/V and q is rotated. With it, q is the
+    unrotated q part of the packed projection `[batch, (heads + 2 * kv_heads) * head_dim]` (as a
+    `[batch, heads, head_dim]` view), whose k and v follow in each row: the kernel does what
+    `triton_fused.rope_store_kv` would have done before it, except that q is left unrotated in the
+    projection."""
+    batch, num_heads, head_dim = q.shape
     kv_heads = k_cache.shape[2]
+    # (a one-row tensor's row stride can be anything: it is never used)
+    if new_kv is not None and (
+        q.stride(1) != head_dim or (batch > 1 and q.stride(0) < (num_heads + 2 * kv_heads) * head_dim)
+    ):
+        raise ValueError(
+            "with new_kv, q must be the q part of the packed projection "
+            "[batch, (heads + 2 * kv_heads) * head_dim]"
+        )
     group = num_heads // kv_heads
     # tl.dot needs M >= 16: the group's heads are padded to 16 rows
     group_pad = max(16, triton.next_power_of_2(group))
     sm_count = _sm_count(q.device.index or 0) if q.is_cuda else 1  # the interpreter: set `splits`
     splits = splits or decode_splits(batch, kv_heads, sm_count)
-    return _launch(q, k_cache, v_cache, block_tables, None, context_lens, batch, tile, group_pad, splits)
+    return _launch(
+        q, k_cache, v_cache, block_tables, None, context_lens, batch, tile, group_pad, splits, new_kv
+    )
 
 
 def paged_varlen_attention(
