@@ -81,9 +81,11 @@ def decode_with_new_kv_failures(
         got = paged_decode_attention(
             q_part, k_cache, v_cache, meta.block_tables, meta.context_lens, n, new_kv=new_kv
         )
-        rel = relative_error(got, want.float().cpu())
-        if not rel < tolerance(dtype):
-            failures.append(f"{label} {n} splits: output {rel:.2e}")
+        # each sequence on its own: one wrong position in one sequence must not hide in the batch's norm
+        for i, (start, _) in enumerate(seqs):
+            rel = relative_error(got[i], want[i].float().cpu())
+            if not rel < tolerance(dtype):
+                failures.append(f"{label} {n} splits: output of the context of {start + 1}: {rel:.2e}")
         if not torch.equal(v_cache, want_v):
             failures.append(f"{label} {n} splits: the v cache differs")
         # k: the same rotation arithmetic as rope_store_kv's, in another kernel. In the interpreter
@@ -174,10 +176,11 @@ def run_interpreter_cases() -> list[str]:
             if not rel < tolerance(dtype):
                 failures.append(f"decode {heads}/{kv_heads}x{head_dim} {dtype} {splits} splits: {rel:.2e}")
         # the same with the tokens' own K/V still in the packed projection: the new token falls in
-        # the single program, in one of 2 splits, and in the last non-empty one of 32
-        seqs = [(0, 1), (15, 1), (16, 1), (70, 1), (200, 1)]
+        # the single program, in one of 2 splits, and in the last non-empty one of 32; contexts of 64
+        # and 128 end on the kernel's cache tile (BLOCK_N), whose unmasked blocks must stop before it
+        seqs = [(0, 1), (15, 1), (16, 1), (63, 1), (70, 1), (127, 1), (200, 1)]
         failures += decode_with_new_kv_failures(seqs, heads, kv_heads, head_dim, dtype, "cpu", (1, 2, 32))
-        failures += decode_with_new_kv_failures([(37, 1)], heads, kv_heads, head_dim, dtype, "cpu", (1, 4))
+        failures += decode_with_new_kv_failures([(127, 1)], heads, kv_heads, head_dim, dtype, "cpu", (1, 4))
     return failures
 
 
@@ -246,9 +249,10 @@ def test_decode_with_new_kv_on_cuda_matches_rotary_store_then_attention(
     heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype, batch: int
 ) -> None:
     rng = random.Random(batch * 100 + heads)
-    # contexts from 1 token to past 2,000, and one at each side of a cache block's edge
-    starts = [0, PAGE - 1, PAGE, 2047] + [rng.randint(0, 2100) for _ in range(batch)]
-    seqs = [(s, 1) for s in starts[:batch]]
+    # batch 1: one long context ending on a cache tile (2,048); batch 64: contexts from 1 token to
+    # past 2,000, at each side of a cache block's edge and ending on tiles of 64
+    starts = [2047] if batch == 1 else [0, PAGE - 1, PAGE, 63, 127, 2047]
+    seqs = [(s, 1) for s in starts + [rng.randint(0, 2100) for _ in range(batch - len(starts))]]
     assert decode_with_new_kv_failures(seqs, heads, kv_heads, head_dim, dtype, "cuda", (0, 1, 4)) == []
 
 

@@ -22,9 +22,10 @@ from r1serve.model.rotary import RotaryEmbedding
 
 # Rotary, the K/V store and decode attention in one launch (`triton_attention.NewKV`): on an H200 a
 # 1.5B decode step replayed in 1.75 ms against 1.82 (docs/PERFORMANCE.md, session 12). Off until the
-# model's GPU tests have passed with it on: its one GPU run passed the kernel's batch-1 checks, then
-# found its bf16 K cache not bit-equal to rope_store_kv's at batch 64 (by how much was not recorded)
-# and stopped there (`-x`). bench/next_gpu_call.sh runs the suite with it on.
+# GPU suite has passed with it on: its one GPU run stopped at a bf16 K cache not bit-equal to
+# rope_store_kv's, and a review then found (and the CPU tests now catch) a bug that run's checks
+# missed, fixed since: a context of a multiple of 64 counted the new token twice.
+# bench/next_gpu_call.sh runs the suite with it on.
 FUSED_DECODE_ROPE = False
 
 

@@ -170,7 +170,7 @@ if triton is not None:
     def _rope_rows(x, partner, angle, HEAD_DIM: tl.constexpr):
         """Rows `x` [..., HEAD_DIM] rotated by `angle`; `partner` holds each element's other half
         (x2 beside x1, x1 beside x2). Rounded as `triton_fused._rotate` rounds: each product in the
-        dtype, then their sum."""
+        dtype, then their sum (in float32 the compiler may fuse a product into the sum, in either)."""
         dtype = x.dtype
         cos = tl.cos(angle).to(dtype).to(tl.float32)
         sin = tl.sin(angle).to(dtype).to(tl.float32)
@@ -308,6 +308,8 @@ if triton is not None:
                 if owns_new:
                     hi = start_pos
                     seen = q_pos - 1  # the masked blocks' mask must drop the token's slot too
+                    # and no unmasked block may reach it (a context of a multiple of BLOCK_N would)
+                    full_end = tl.minimum(full_end, start_pos // BLOCK_N * BLOCK_N)
             acc, l_i, m_i = _attend(
                 acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, table_ptr, kv_head, lo, tl.minimum(hi, full_end),
                 qk_scale, NUM_KV_HEADS, HEAD_DIM, PAGE, BLOCK_N, DOT_PRECISION, MASKED=False,
@@ -464,11 +466,19 @@ def paged_decode_attention(
     kv_heads = k_cache.shape[2]
     # (a one-row tensor's row stride can be anything: it is never used)
     if new_kv is not None and (
-        q.stride(1) != head_dim or (batch > 1 and q.stride(0) < (num_heads + 2 * kv_heads) * head_dim)
+        q.stride(1) != head_dim
+        or q.stride(2) != 1
+        or (batch > 1 and q.stride(0) < (num_heads + 2 * kv_heads) * head_dim)
+        or q.dtype != k_cache.dtype
+        or new_kv.inv_freq.dtype != torch.float32
+        or new_kv.inv_freq.numel() != head_dim // 2
+        or new_kv.positions.shape != (batch,)
+        or new_kv.slot_mapping.shape != (batch,)
     ):
         raise ValueError(
-            "with new_kv, q must be the q part of the packed projection "
-            "[batch, (heads + 2 * kv_heads) * head_dim]"
+            "with new_kv, q must be the q part of the packed projection [batch, (heads + 2 * kv_heads) "
+            "* head_dim] in the caches' dtype, with float32 inv_freq [head_dim // 2] and positions and "
+            "slot_mapping [batch]"
         )
     group = num_heads // kv_heads
     # tl.dot needs M >= 16: the group's heads are padded to 16 rows
