@@ -14,9 +14,7 @@
 set -u
 cd "$(dirname "$0")/.."
 source bench/part.sh
-nvidia-smi -L
-bash bench/device.sh true > /dev/null
-PT="python3 -m pytest -q -p no:cacheprovider -p gpu_instafail"
+call_start
 part fused 90 bash bench/device.sh $PT -v tests/server/test_paged_prefill_attention.py \
   tests/server/test_gpu_fast_path.py -k "new_kv or fused_decode_rope"
 grep -E "PASSED|FAILED|ulp|splits:" "$OUT/fused.log" | cut -c1-200 | head -30

@@ -32,3 +32,11 @@ part() {
   echo "=== $name rc=$? $(date +%T)"
   grep -E "PASSED|FAILED|ERROR|passed|failed|error" "$OUT/$name.log" | tail -20
 }
+
+# The start of a call script (after `cd` to the repository root and sourcing this file): the GPUs
+# named, the wheels installed once; $PT is pytest as the call scripts run it.
+PT="python3 -m pytest -q -p no:cacheprovider -p gpu_instafail"
+call_start() {
+  nvidia-smi -L
+  bash bench/device.sh true > /dev/null
+}

@@ -5,9 +5,7 @@
 set -u
 cd "$(dirname "$0")/.."
 source bench/part.sh
-nvidia-smi -L
-bash bench/device.sh true > /dev/null
-PT="python3 -m pytest -q -p no:cacheprovider -p gpu_instafail"
+call_start
 R1_DUMP_AFTER=150 part tp_equal 170 bash bench/device.sh $PT -rs tests/server/test_tensor_parallel.py \
   tests/server/test_engine_process.py -k "two_gpus and not killed or tensor_parallel_ranks"
 tail -5 "$OUT/tp_equal.log"
