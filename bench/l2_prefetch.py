@@ -15,6 +15,9 @@ Two parts:
   by Hopper's bulk L2 prefetch (`cp.async.bulk.prefetch.L2`, one instruction per chunk, no SM work)
   or by plain loads that keep the lines (`evict_last`), on the side stream or in line.
 
+On an H200 (docs/PERFORMANCE.md, session 12) a perfect prefetch would save at most ~5% of the step,
+and every prefetch tried made it slower: the server does not prefetch.
+
     bash bench/device.sh python3 -m bench.l2_prefetch --out "$OUT"    (on the GPU machine)
 """
 
