@@ -15,7 +15,7 @@ set -u
 cd "$(dirname "$0")/.."
 source bench/part.sh
 call_start
-part fused 90 bash bench/device.sh $PT -v tests/server/test_paged_prefill_attention.py \
+part fused 150 bash bench/device.sh $PT -v tests/server/test_paged_prefill_attention.py \
   tests/server/test_gpu_fast_path.py -k "new_kv or fused_decode_rope"
 grep -E "PASSED|FAILED|ulp|splits:" "$OUT/fused.log" | cut -c1-200 | head -30
 sed -i 's/^FUSED_DECODE_ROPE = False$/FUSED_DECODE_ROPE = True/' server/r1serve/model/decoder.py

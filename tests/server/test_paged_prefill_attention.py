@@ -59,7 +59,7 @@ def decode_with_new_kv_failures(
 ) -> list[str]:  # fmt: skip
     """The decode form with `new_kv` (rotary, the K/V store and attention in one launch) against the
     two launches it replaces, `rope_store_kv` then the decode form (each tested against PyTorch on
-    its own): the same V cache to the bit and K within an ulp, each sequence's output within the
+    its own): the same K and V caches to the bit, each sequence's output within the
     dtype's tolerance (only the new position's score is summed in another order), the projection
     left as it was. The caches start
     with random K/V at the new tokens' slots, which the kernel must overwrite, not read."""
@@ -90,12 +90,11 @@ def decode_with_new_kv_failures(
                 failures.append(f"{label} {n} splits: output of the context of {start + 1}: {rel:.2e}")
         if not torch.equal(v_cache, want_v):
             failures.append(f"{label} {n} splits: the v cache differs")
-        # k: the same rotation arithmetic as rope_store_kv's, in another kernel. In the interpreter
-        # the two are bit-equal; on an H200 (session 12) the bf16 caches were not, by an amount that
-        # run did not record. One ulp (a cos or sin rounded the other way) is allowed.
-        ulps = ((k_cache.double() - want_k.double()).abs() / ulp(want_k, dtype)).max().item()
-        if not ulps <= 1:
-            failures.append(f"{label} {n} splits: the k cache is {ulps:.1f} ulp off")
+        if not torch.equal(k_cache, want_k):
+            # cancellation in the rotation magnifies one differently rounded product into hundreds of
+            # ulp of a small result (1,312 on an H200 in session 13, before `triton_fused.rotary`)
+            worst = ((k_cache.double() - want_k.double()).abs() / ulp(want_k, dtype)).max().item()
+            failures.append(f"{label} {n} splits: the k cache differs, by up to {worst:.0f} ulp")
         if not torch.equal(qkv, before):
             failures.append(f"{label} {n} splits: the packed projection was written")
     return failures

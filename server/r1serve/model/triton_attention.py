@@ -103,6 +103,7 @@ DECODE_TILE = TileConfig(block_q=1, block_n=64, num_warps=2, num_stages=2)
 
 
 if triton is not None:
+    from r1serve.model.triton_fused import rotary  # the one rotation formula (see its docstring)
 
     @triton.jit
     def _attend(
@@ -169,17 +170,9 @@ if triton is not None:
     @triton.jit
     def _rope_rows(x, partner, angle, HEAD_DIM: tl.constexpr):
         """Rows `x` [..., HEAD_DIM] rotated by `angle`; `partner` holds each element's other half
-        (x2 beside x1, x1 beside x2). Rounded as `triton_fused._rotate` rounds: each product in the
-        dtype, then their sum, written as _rotate writes it (in float32 the compiler may fuse a product
-        into the sum)."""
-        dtype = x.dtype
-        cos = tl.cos(angle).to(dtype).to(tl.float32)
-        sin = tl.sin(angle).to(dtype).to(tl.float32)
-        partner = partner.to(tl.float32)
-        # rotate_half: (-x2, x1), negated as _rotate negates it (not a product: the same float32 code)
-        partner = tl.where(tl.arange(0, HEAD_DIM) < HEAD_DIM // 2, -partner, partner)
-        rotated = (x.to(tl.float32) * cos).to(dtype).to(tl.float32) + (partner * sin).to(dtype).to(tl.float32)
-        return rotated.to(dtype)
+        (x2 beside x1, x1 beside x2). `triton_fused.rotary` does the arithmetic, so the bits are
+        `rope_store_kv`'s."""
+        return rotary(x, partner, tl.arange(0, HEAD_DIM) < HEAD_DIM // 2, angle)
 
     @triton.jit
     def _attend_new_token(
