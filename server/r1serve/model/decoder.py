@@ -21,11 +21,9 @@ from r1serve.model.parallel import SINGLE, ColumnParallelLinear, RowParallelLine
 from r1serve.model.rotary import RotaryEmbedding
 
 # Rotary, the K/V store and decode attention in one launch (`triton_attention.NewKV`): on an H200 a
-# 1.5B decode step replayed in 1.75 ms against 1.82 (docs/PERFORMANCE.md, session 12). Off until the
-# GPU suite has passed with it on: its one GPU run stopped at a bf16 K cache not bit-equal to
-# rope_store_kv's, and a review then found (and the CPU tests now catch) a bug that run's checks
-# missed, fixed since: a context of a multiple of 64 counted the new token twice.
-# bench/next_gpu_call.sh runs the suite with it on.
+# 1.5B decode step replays in 1.78 ms against 1.82 (docs/PERFORMANCE.md, session 13), and its caches
+# and outputs are the two launches' to the bit. Off until the whole GPU suite has passed with it on
+# (bench/next_gpu_call.sh runs it so).
 FUSED_DECODE_ROPE = False
 
 

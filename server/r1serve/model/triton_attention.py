@@ -119,16 +119,23 @@ if triton is not None:
         kv_start,
         kv_end,
         qk_scale,
+        new_pos,
+        k_new,
+        v_new,
         NUM_KV_HEADS: tl.constexpr,
         HEAD_DIM: tl.constexpr,
         PAGE: tl.constexpr,
         BLOCK_N: tl.constexpr,
         DOT_PRECISION: tl.constexpr,
         MASKED: tl.constexpr,
+        NEW: tl.constexpr,
     ):
         """Online softmax of the rows `q` [M, HEAD_DIM] over cache positions kv_start..kv_end of one
         sequence (table_ptr: its block table row). MASKED: row r sees position t only if
-        t <= q_pos[r] (and t < kv_end); unmasked, the caller guarantees every row sees every position."""
+        t <= q_pos[r] (and t < kv_end); unmasked, the caller guarantees every row sees every position.
+        NEW (masked only): position `new_pos` (-1: none) is not in the cache yet; its rows `k_new`,
+        `v_new` [HEAD_DIM] take its place in its block, so the block's arithmetic is what it would be
+        had the cache held them."""
         d = tl.arange(0, HEAD_DIM)
         slot_stride = NUM_KV_HEADS * HEAD_DIM
         for start in range(kv_start, kv_end, BLOCK_N):
@@ -146,6 +153,10 @@ if triton is not None:
             else:
                 k = tl.load(k_ptr + kv_offsets)
                 v = tl.load(v_ptr + kv_offsets)
+            if NEW:
+                is_new = (t == new_pos)[:, None]
+                k = tl.where(is_new, k_new[None, :], k)
+                v = tl.where(is_new, v_new[None, :], v)
             # scores in log2 units: exp2 is one instruction, exp is two
             scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
             if MASKED:
@@ -175,28 +186,17 @@ if triton is not None:
         return rotary(x, partner, tl.arange(0, HEAD_DIM) < HEAD_DIM // 2, angle)
 
     @triton.jit
-    def _attend_new_token(
-        acc, l_i, m_i, q, qkv_ptr, seq, kv_head, angle, slot_ptr, k_cache_ptr, v_cache_ptr, qk_scale,
-        stride_t, stride_head, NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+    def _new_token_kv(
+        qkv_ptr, seq, kv_head, angle, stride_t, stride_head, dtype: tl.constexpr,
+        NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     ):  # fmt: skip
-        """A decode token's own K/V, from the packed projection `qkv`: k rotated, both written to the
-        token's cache slot (as `triton_fused.rope_store_kv` writes them), and the online softmax of
-        the rows `q` stepped over that one position (as `_attend` steps over a block of them)."""
+        """A decode token's own k (rotated) and v [HEAD_DIM], in the caches' `dtype`, from the packed
+        projection `qkv`: what `triton_fused.rope_store_kv` would have written to its cache slot."""
         d = tl.arange(0, HEAD_DIM)
         k_src = qkv_ptr + seq.to(tl.int64) * stride_t + (NUM_KV_HEADS * GROUP + kv_head) * stride_head
-        k = tl.load(k_src + d).to(k_cache_ptr.dtype.element_ty)
-        k = _rope_rows(k, tl.load(k_src + (d + HEAD_DIM // 2) % HEAD_DIM).to(k.dtype), angle, HEAD_DIM)
-        v = tl.load(k_src + NUM_KV_HEADS * stride_head + d).to(v_cache_ptr.dtype.element_ty)
-        slot = tl.load(slot_ptr + seq).to(tl.int64) * (NUM_KV_HEADS * HEAD_DIM) + kv_head * HEAD_DIM
-        tl.store(k_cache_ptr + slot + d, k)
-        tl.store(v_cache_ptr + slot + d, v)
-        score = tl.sum(q.to(tl.float32) * k.to(tl.float32)[None, :], 1) * qk_scale
-        m_new = tl.maximum(m_i, score)
-        p = tl.math.exp2(score - m_new)
-        alpha = tl.math.exp2(m_i - m_new)
-        # P is rounded to V's dtype before the product, as in _attend's tl.dot
-        acc = acc * alpha[:, None] + p.to(v.dtype).to(tl.float32)[:, None] * v.to(tl.float32)[None, :]
-        return acc, l_i * alpha + p, m_new
+        k = tl.load(k_src + d).to(dtype)
+        k = _rope_rows(k, tl.load(k_src + (d + HEAD_DIM // 2) % HEAD_DIM).to(dtype), angle, HEAD_DIM)
+        return k, tl.load(k_src + NUM_KV_HEADS * stride_head + d).to(dtype)
 
     @triton.jit
     def _find_sequence(cu_seqlens_ptr, tile, batch, BLOCK_Q: tl.constexpr):
@@ -294,31 +294,38 @@ if triton is not None:
                 per_split = tl.cdiv(tl.cdiv(kv_end, BLOCK_N), SPLITS) * BLOCK_N
                 lo = tl.program_id(2) * per_split
                 hi = tl.minimum(lo + per_split, kv_end)
-            seen = q_pos  # the last position each row attends to in the cache
+            new_pos = -1  # with ROPE, the new token's position, if this program's share holds it
+            k_new = tl.zeros([HEAD_DIM], k_ptr.dtype.element_ty)
+            v_new = k_new
             if ROPE:
-                # The token's own K/V is not in the cache yet: the program whose split holds its
-                # position writes it there for later steps and attends to it from registers, so no
-                # program reads a slot another one writes in this launch.
+                # The token's own K/V is not in the cache yet. The program whose share of the context
+                # holds its position reads them from registers in place of the slot and then writes
+                # them there for later steps, so no program reads a slot written in this launch.
+                # Its block goes through the masked loop (a context of a multiple of BLOCK_N would
+                # make it a whole one), where the K/V tiles take the rows in: the same arithmetic, and
+                # so the same bits, as `rope_store_kv` then this kernel without ROPE.
+                k_new, v_new = _new_token_kv(
+                    q_ptr, seq, kv_head, angle, stride_q_tok, stride_q_head, k_ptr.dtype.element_ty,
+                    NUM_KV_HEADS, GROUP, HEAD_DIM,
+                )  # fmt: skip
                 owns_new = (lo <= start_pos) & (start_pos < hi)
-                if owns_new:
-                    hi = start_pos
-                    seen = q_pos - 1  # the masked blocks' mask must drop the token's slot too
-                    # and no unmasked block may reach it (a context of a multiple of BLOCK_N would)
-                    full_end = tl.minimum(full_end, start_pos // BLOCK_N * BLOCK_N)
+                new_pos = tl.where(owns_new, start_pos, -1)
+                full_end = tl.where(owns_new, tl.minimum(full_end, start_pos // BLOCK_N * BLOCK_N), full_end)
             acc, l_i, m_i = _attend(
                 acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, table_ptr, kv_head, lo, tl.minimum(hi, full_end),
-                qk_scale, NUM_KV_HEADS, HEAD_DIM, PAGE, BLOCK_N, DOT_PRECISION, MASKED=False,
+                qk_scale, new_pos, k_new, v_new, NUM_KV_HEADS, HEAD_DIM, PAGE, BLOCK_N, DOT_PRECISION,
+                MASKED=False, NEW=False,
             )  # fmt: skip
             acc, l_i, m_i = _attend(
-                acc, l_i, m_i, q, seen, k_ptr, v_ptr, table_ptr, kv_head, tl.maximum(lo, full_end), hi,
-                qk_scale, NUM_KV_HEADS, HEAD_DIM, PAGE, BLOCK_N, DOT_PRECISION, MASKED=True,
+                acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, table_ptr, kv_head, tl.maximum(lo, full_end), hi,
+                qk_scale, new_pos, k_new, v_new, NUM_KV_HEADS, HEAD_DIM, PAGE, BLOCK_N, DOT_PRECISION,
+                MASKED=True, NEW=ROPE,
             )  # fmt: skip
             if ROPE:  # noqa: SIM102 (static: owns_new exists only with ROPE)
-                if owns_new:
-                    acc, l_i, m_i = _attend_new_token(
-                        acc, l_i, m_i, q, q_ptr, seq, kv_head, angle, slot_ptr, k_ptr, v_ptr, qk_scale,
-                        stride_q_tok, stride_q_head, NUM_KV_HEADS, GROUP, HEAD_DIM,
-                    )  # fmt: skip
+                if owns_new:  # after the loop, which must not read the slot (the tests can tell)
+                    slot = tl.load(slot_ptr + seq).to(tl.int64) * (NUM_KV_HEADS * HEAD_DIM)
+                    tl.store(k_ptr + slot + kv_head * HEAD_DIM + d, k_new)
+                    tl.store(v_ptr + slot + kv_head * HEAD_DIM + d, v_new)
 
             if SPLITS > 1:
                 # unnormalised: _merge_splits weighs the splits by their maxima (m_i: -inf, l_i: 0
