@@ -100,28 +100,6 @@ def test_cuda_graph_decode_matches_eager(tiny_model_dir: Path, batch: int) -> No
     assert torch.allclose(logits_g, logits_e, rtol=1e-4, atol=1e-4)
 
 
-def test_fused_decode_rope_gives_the_two_launches_tokens(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """decoder.FUSED_DECODE_ROPE (rotary, the K/V store and decode attention in one launch) against
-    rope_store_kv then attention, through the model and its CUDA graphs: the same greedy tokens."""
-    from r1serve.model import decoder
-
-    rng = random.Random(11)
-    # contexts that cross 64 and 128 (the kernel's cache tile) while they decode
-    prompts = [[rng.randrange(1, 1700) for _ in range(n)] for n in (3, 50, 60, 110, 125)]
-    common = dict(
-        device="cuda", dtype="float32", kv_cache_memory=64 * 2**20, max_model_len=512, max_num_seqs=8,
-        progress=False,
-    )  # fmt: skip
-    monkeypatch.setattr(decoder, "FUSED_DECODE_ROPE", False)
-    tokens_two, logits_two = _greedy(ModelRunner(tiny_model_dir, **common), prompts, steps=24)
-    monkeypatch.setattr(decoder, "FUSED_DECODE_ROPE", True)
-    tokens_one, logits_one = _greedy(ModelRunner(tiny_model_dir, **common), prompts, steps=24)
-    assert tokens_one == tokens_two
-    assert torch.allclose(logits_one, logits_two, rtol=1e-4, atol=1e-4)
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_fused_kernels_match_the_pytorch_path(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
     """RMSNorm, rotary and SiLU-and-mul as one Triton kernel each, against the PyTorch code they replace."""

@@ -16,14 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from r1serve.checkpoint import RopeConfig
 from r1serve.model.attention import paged_attention, reference_paged_attention
-from r1serve.model.rotary import inverse_frequencies
-from r1serve.model.triton_attention import NewKV, TileConfig, paged_decode_attention, paged_varlen_attention
-from r1serve.model.triton_fused import rope_store_kv
+from r1serve.model.triton_attention import TileConfig, paged_decode_attention, paged_varlen_attention
 
-from bench.attention import PAGE, Step, metadata, random_step
-from tests.server.test_triton_decode_kernels import ulp
+from bench.attention import Step, metadata, random_step
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,53 +47,6 @@ def tolerance(dtype: torch.dtype) -> float:
     # 16-bit inputs: P is rounded to the input type before the P @ V product, as in flash-attention
     # (bf16 keeps 8 bits of mantissa, fp16 11: 2.6e-4 was measured for fp16 on an H200)
     return {torch.bfloat16: 1e-2, torch.float16: 1e-3}.get(dtype, 1e-5)
-
-
-def decode_with_new_kv_failures(
-    seqs: list[tuple[int, int]], heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: str,
-    splits: tuple[int, ...],
-) -> list[str]:  # fmt: skip
-    """The decode form with `new_kv` (rotary, the K/V store and attention in one launch) against the
-    two launches it replaces, `rope_store_kv` then the decode form (each tested against PyTorch on
-    its own): the same K and V caches and each sequence's output to the bit, the projection left as
-    it was. Bits, not a tolerance: a greedy token must not depend on whether a step was a decode
-    (this launch) or a prompt chunk (the two). The caches start with random K/V at the new tokens'
-    slots, which the kernel must overwrite, not read."""
-    step = random_step(seqs, heads, kv_heads, head_dim, dtype, device, seed=heads + head_dim)
-    meta = step.meta
-    gen = torch.Generator().manual_seed(head_dim)
-    width = (heads + 2 * kv_heads) * head_dim
-    qkv = torch.randn(len(seqs), width + 8, generator=gen).to(dtype).to(device)[:, :width]  # strided rows
-    positions = meta.context_lens - 1
-    tables = meta.block_tables.long()
-    slots = tables.gather(1, (positions // PAGE)[:, None])[:, 0] * PAGE + positions % PAGE
-    inv_freq = inverse_frequencies(head_dim, RopeConfig(theta=10000.0)).to(device)
-    failures, label = [], f"decode + new K/V {heads}/{kv_heads}x{head_dim} {dtype}"
-    for n in splits:
-        want_k, want_v, rotated = step.k_cache.clone(), step.v_cache.clone(), qkv.clone()
-        q = rope_store_kv(rotated, positions, inv_freq, want_k, want_v, slots, heads, kv_heads, head_dim)
-        want = paged_decode_attention(q, want_k, want_v, meta.block_tables, meta.context_lens, n)
-        k_cache, v_cache, before = step.k_cache.clone(), step.v_cache.clone(), qkv.clone()
-        q_part = qkv[:, : heads * head_dim].unflatten(1, (heads, head_dim))
-        new_kv = NewKV(positions, inv_freq, slots)
-        got = paged_decode_attention(
-            q_part, k_cache, v_cache, meta.block_tables, meta.context_lens, n, new_kv=new_kv
-        )
-        # each sequence on its own: one wrong position in one sequence must not hide in the batch's norm
-        for i, (start, _) in enumerate(seqs):
-            if not torch.equal(got[i], want[i]):
-                rel = relative_error(got[i], want[i].float().cpu())
-                failures.append(f"{label} {n} splits: output of context {start + 1} differs by {rel:.2e}")
-        if not torch.equal(v_cache, want_v):
-            failures.append(f"{label} {n} splits: the v cache differs")
-        if not torch.equal(k_cache, want_k):
-            # cancellation in the rotation magnifies one differently rounded product into hundreds of
-            # ulp of a small result (1,312 on an H200 in session 13, before `triton_fused.rotary`)
-            worst = ((k_cache.double() - want_k.double()).abs() / ulp(want_k, dtype)).max().item()
-            failures.append(f"{label} {n} splits: the k cache differs, by up to {worst:.0f} ulp")
-        if not torch.equal(qkv, before):
-            failures.append(f"{label} {n} splits: the packed projection was written")
-    return failures
 
 
 def patch_interpreter_bf16_dot() -> None:
@@ -170,12 +119,6 @@ def run_interpreter_cases() -> list[str]:
             rel = relative_error(got, want)
             if not rel < tolerance(dtype):
                 failures.append(f"decode {heads}/{kv_heads}x{head_dim} {dtype} {splits} splits: {rel:.2e}")
-        # the same with the tokens' own K/V still in the packed projection: the new token falls in
-        # the single program, in one of 2 splits, and in the last non-empty one of 32; contexts of 64
-        # and 128 end on the kernel's cache tile (BLOCK_N), whose unmasked blocks must stop before it
-        seqs = [(0, 1), (15, 1), (16, 1), (63, 1), (70, 1), (127, 1), (200, 1)]
-        failures += decode_with_new_kv_failures(seqs, heads, kv_heads, head_dim, dtype, "cpu", (1, 2, 32))
-        failures += decode_with_new_kv_failures([(127, 1)], heads, kv_heads, head_dim, dtype, "cpu", (1, 4))
     return failures
 
 
@@ -227,28 +170,6 @@ def test_mixed_step_on_cuda_matches_reference(heads: int, kv_heads: int, head_di
     assert got.dtype == dtype
     rel = relative_error(got, reference(step))
     assert rel < tolerance(dtype), f"relative error {rel:.2e}"
-
-
-@cuda
-@pytest.mark.parametrize(
-    ("heads", "kv_heads", "head_dim", "dtype"),
-    [
-        (12, 2, 128, torch.bfloat16),  # 1.5B
-        (28, 4, 128, torch.bfloat16),  # 7B
-        (6, 1, 128, torch.bfloat16),  # 1.5B on one of two tensor-parallel ranks
-        (12, 2, 128, torch.float32),
-    ],
-)
-@pytest.mark.parametrize("batch", [1, 64])
-def test_decode_with_new_kv_on_cuda_matches_rotary_store_then_attention(
-    heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype, batch: int
-) -> None:
-    rng = random.Random(batch * 100 + heads)
-    # batch 1: one long context ending on a cache tile (2,048); batch 64: contexts from 1 token to
-    # past 2,000, at each side of a cache block's edge and ending on tiles of 64
-    starts = [2047] if batch == 1 else [0, PAGE - 1, PAGE, 63, 127, 2047]
-    seqs = [(s, 1) for s in starts + [rng.randint(0, 2100) for _ in range(batch - len(starts))]]
-    assert decode_with_new_kv_failures(seqs, heads, kv_heads, head_dim, dtype, "cuda", (0, 1, 4)) == []
 
 
 def test_decode_splits_fill_the_gpu_and_stop_once_the_sequences_do() -> None:

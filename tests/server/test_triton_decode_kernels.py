@@ -157,25 +157,6 @@ def test_kernels_compile_for_h100() -> None:
         pointers = {"qkv_ptr": f"*{dtype}", "k_cache_ptr": f"*{dtype}", "v_cache_ptr": f"*{dtype}"}
         pointers |= {"pos_ptr": "*i64", "inv_freq_ptr": "*fp32", "slot_ptr": "*i64"}
         compile_for_h100(triton_fused._rope_store_kv_kernel, pointers, dict(HALF=64))
-    # the decode attention kernel, with the tokens' own K/V from the packed projection (ROPE) and
-    # without, at the 1.5B shape's launch (triton_attention.DECODE_TILE, 32 splits at batch 1)
-    from r1serve.model import triton_attention
-
-    for rope in (True, False):
-        pointers = {name: "*bf16" for name in ("q_ptr", "k_ptr", "v_ptr", "out_ptr")} | {
-            "part_ptr": "*fp32",
-            "block_tables_ptr": "*i32",
-            "cu_seqlens_ptr": "*i64",
-            "pos_ptr": "*i64",
-        }
-        pointers |= {"rope_pos_ptr": "*i64", "inv_freq_ptr": "*fp32", "slot_ptr": "*i64", "qk_scale": "fp32"}
-        constexprs = dict(
-            NUM_KV_HEADS=2, GROUP=6, GROUP_PAD=16, HEAD_DIM=128, PAGE=16, BLOCK_Q=1, BLOCK_N=64,
-            DOT_PRECISION="tf32", DECODE=True, SPLITS=32, ROPE=rope,
-        )  # fmt: skip
-        compile_for_h100(
-            triton_attention._paged_attention_kernel, pointers, constexprs, num_warps=2, num_stages=2
-        )
 
 
 # ------------------------------------------------------------------------------------------------

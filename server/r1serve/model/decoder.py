@@ -14,17 +14,11 @@ import torch
 from torch import nn
 
 from r1serve.checkpoint import ModelConfig
-from r1serve.model import triton_attention, triton_fused
+from r1serve.model import triton_fused
 from r1serve.model.attention import AttentionMetadata, paged_attention, store_kv
 from r1serve.model.layers import Embedding, RMSNorm, SwiGLU
 from r1serve.model.parallel import SINGLE, ColumnParallelLinear, RowParallelLinear, TensorParallel
 from r1serve.model.rotary import RotaryEmbedding
-
-# Rotary, the K/V store and decode attention in one launch (`triton_attention.NewKV`): on an H200 a
-# 1.5B decode step replays in 1.78 ms against 1.82 (docs/PERFORMANCE.md, session 13), and its caches
-# and outputs are the two launches' to the bit. Off until the whole GPU suite has passed with it on
-# (bench/next_gpu_call.sh runs it so).
-FUSED_DECODE_ROPE = False
 
 
 class Attention(nn.Module):
@@ -49,23 +43,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         qkv = self.qkv_proj(x)
         if triton_fused.supports(qkv) and self.head_dim & (self.head_dim - 1) == 0:
-            inv_freq = self.rotary.inv_freq(positions.device)
-            if (
-                FUSED_DECODE_ROPE
-                and meta.max_query_len == 1
-                and triton_attention.supports_head_dim(self.head_dim)
-            ):
-                # a decode step: rotary, the K/V store and attention in one launch (a decode step is
-                # bound by its launches, not by math)
-                q = qkv[:, : self.q_size].unflatten(1, (self.num_heads, self.head_dim))
-                out = triton_attention.paged_decode_attention(
-                    q, self.k_cache, self.v_cache, meta.block_tables, meta.context_lens,
-                    new_kv=triton_attention.NewKV(positions, inv_freq, meta.slot_mapping),
-                )  # fmt: skip
-                return self.o_proj(out.flatten(1))
-            # rotary and the K/V store in one launch, then attention
+            # rotary and the K/V store in one launch (a decode step is bound by launches, not math)
             q = triton_fused.rope_store_kv(
-                qkv, positions, inv_freq, self.k_cache, self.v_cache,
+                qkv, positions, self.rotary.inv_freq(positions.device), self.k_cache, self.v_cache,
                 meta.slot_mapping, self.num_heads, self.num_kv_heads, self.head_dim,
             )  # fmt: skip
             return self.o_proj(paged_attention(q, self.k_cache, self.v_cache, meta).flatten(1))

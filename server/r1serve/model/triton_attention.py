@@ -15,9 +15,7 @@ Two specialisations of the same kernel:
   (at batch 1 on an H200, attention over 800 tokens took a third of the 1.5B shape's step): the
   context is then split over up to MAX_SPLITS programs, and a second kernel merges their partial
   softmaxes (flash-decoding). The split count depends on the batch and the card alone, never on the
-  context lengths, so a captured graph stays valid. With `NewKV` the same launch also does
-  `triton_fused.rope_store_kv`'s work: the tokens' q and k come unrotated in the packed projection,
-  and their K/V are written to the cache and attended to from registers.
+  context lengths, so a captured graph stays valid.
 - varlen (`paged_varlen_attention`, any query lengths): query tiles of all sequences are numbered
   as if each sequence's tiles started at `cu_seqlens_q[i] // BLOCK_Q + i`, which over-counts by at
   most one tile per sequence; the grid covers `num_tokens // BLOCK_Q + batch` tiles and each
@@ -103,7 +101,6 @@ DECODE_TILE = TileConfig(block_q=1, block_n=64, num_warps=2, num_stages=2)
 
 
 if triton is not None:
-    from r1serve.model.triton_fused import rotary  # the one rotation formula (see its docstring)
 
     @triton.jit
     def _attend(
@@ -119,23 +116,16 @@ if triton is not None:
         kv_start,
         kv_end,
         qk_scale,
-        new_pos,
-        k_new,
-        v_new,
         NUM_KV_HEADS: tl.constexpr,
         HEAD_DIM: tl.constexpr,
         PAGE: tl.constexpr,
         BLOCK_N: tl.constexpr,
         DOT_PRECISION: tl.constexpr,
         MASKED: tl.constexpr,
-        NEW: tl.constexpr,
     ):
         """Online softmax of the rows `q` [M, HEAD_DIM] over cache positions kv_start..kv_end of one
         sequence (table_ptr: its block table row). MASKED: row r sees position t only if
-        t <= q_pos[r] (and t < kv_end); unmasked, the caller guarantees every row sees every position.
-        NEW (masked only): position `new_pos` (-1: none) is not in the cache yet; its rows `k_new`,
-        `v_new` [HEAD_DIM] take its place in its block, so the block's arithmetic is what it would be
-        had the cache held them."""
+        t <= q_pos[r] (and t < kv_end); unmasked, the caller guarantees every row sees every position."""
         d = tl.arange(0, HEAD_DIM)
         slot_stride = NUM_KV_HEADS * HEAD_DIM
         for start in range(kv_start, kv_end, BLOCK_N):
@@ -153,10 +143,6 @@ if triton is not None:
             else:
                 k = tl.load(k_ptr + kv_offsets)
                 v = tl.load(v_ptr + kv_offsets)
-            if NEW:
-                is_new = (t == new_pos)[:, None]
-                k = tl.where(is_new, k_new[None, :], k)
-                v = tl.where(is_new, v_new[None, :], v)
             # scores in log2 units: exp2 is one instruction, exp is two
             scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
             if MASKED:
@@ -170,33 +156,6 @@ if triton is not None:
             l_i = l_i * alpha + tl.sum(p, 1)
             m_i = m_new
         return acc, l_i, m_i
-
-    @triton.jit
-    def _rope_angle(rope_pos_ptr, inv_freq_ptr, token, HEAD_DIM: tl.constexpr):
-        """[HEAD_DIM] float32 angles of `token`'s position, each frequency twice (the half-split layout),
-        computed as `triton_fused._angle` computes them."""
-        d = tl.arange(0, HEAD_DIM)
-        return tl.load(rope_pos_ptr + token).to(tl.float32) * tl.load(inv_freq_ptr + d % (HEAD_DIM // 2))
-
-    @triton.jit
-    def _rope_rows(x, partner, angle, HEAD_DIM: tl.constexpr):
-        """Rows `x` [..., HEAD_DIM] rotated by `angle`; `partner` holds each element's other half
-        (x2 beside x1, x1 beside x2). `triton_fused.rotary` does the arithmetic, so the bits are
-        `rope_store_kv`'s."""
-        return rotary(x, partner, tl.arange(0, HEAD_DIM) < HEAD_DIM // 2, angle)
-
-    @triton.jit
-    def _new_token_kv(
-        qkv_ptr, seq, kv_head, angle, stride_t, stride_head, dtype: tl.constexpr,
-        NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
-    ):  # fmt: skip
-        """A decode token's own k (rotated) and v [HEAD_DIM], in the caches' `dtype`, from the packed
-        projection `qkv`: what `triton_fused.rope_store_kv` would have written to its cache slot."""
-        d = tl.arange(0, HEAD_DIM)
-        k_src = qkv_ptr + seq.to(tl.int64) * stride_t + (NUM_KV_HEADS * GROUP + kv_head) * stride_head
-        k = tl.load(k_src + d).to(dtype)
-        k = _rope_rows(k, tl.load(k_src + (d + HEAD_DIM // 2) % HEAD_DIM).to(dtype), angle, HEAD_DIM)
-        return k, tl.load(k_src + NUM_KV_HEADS * stride_head + d).to(dtype)
 
     @triton.jit
     def _find_sequence(cu_seqlens_ptr, tile, batch, BLOCK_Q: tl.constexpr):
@@ -224,9 +183,6 @@ if triton is not None:
         block_tables_ptr,
         cu_seqlens_ptr,
         pos_ptr,  # varlen: start_pos; decode: context_lens
-        rope_pos_ptr,  # ROPE: each token's position (the rotary angle)
-        inv_freq_ptr,  # ROPE: [HEAD_DIM // 2] float32
-        slot_ptr,  # ROPE: the cache slot each token's K/V is written to
         batch,
         qk_scale,
         stride_q_tok,
@@ -244,7 +200,6 @@ if triton is not None:
         DOT_PRECISION: tl.constexpr,
         DECODE: tl.constexpr,
         SPLITS: tl.constexpr,
-        ROPE: tl.constexpr,
     ):
         kv_head = tl.program_id(1)
         if DECODE:
@@ -272,11 +227,6 @@ if triton is not None:
             d = tl.arange(0, HEAD_DIM)
             q_row = (q_start + token).to(tl.int64) * stride_q_tok + head * stride_q_head
             q = tl.load(q_ptr + q_row[:, None] + d[None, :], mask=row_mask[:, None], other=0.0)
-            if ROPE:  # decode: q is the packed projection's, unrotated
-                angle = _rope_angle(rope_pos_ptr, inv_freq_ptr, seq, HEAD_DIM)
-                partner = tl.load(q_ptr + q_row[:, None] + ((d + HEAD_DIM // 2) % HEAD_DIM)[None, :],
-                                  mask=row_mask[:, None], other=0.0)  # fmt: skip
-                q = _rope_rows(q, partner, angle, HEAD_DIM)
 
             q_pos = start_pos + token
             # the first row's causal limit bounds the blocks every row sees whole; the last row's
@@ -294,38 +244,14 @@ if triton is not None:
                 per_split = tl.cdiv(tl.cdiv(kv_end, BLOCK_N), SPLITS) * BLOCK_N
                 lo = tl.program_id(2) * per_split
                 hi = tl.minimum(lo + per_split, kv_end)
-            new_pos = -1  # with ROPE, the new token's position, if this program's share holds it
-            k_new = tl.zeros([HEAD_DIM], k_ptr.dtype.element_ty)
-            v_new = k_new
-            if ROPE:
-                # The token's own K/V is not in the cache yet. The program whose share of the context
-                # holds its position reads them from registers in place of the slot and then writes
-                # them there for later steps, so no program reads a slot written in this launch.
-                # Its block goes through the masked loop (a context of a multiple of BLOCK_N would
-                # make it a whole one), where the K/V tiles take the rows in: the same arithmetic, and
-                # so the same bits, as `rope_store_kv` then this kernel without ROPE.
-                k_new, v_new = _new_token_kv(
-                    q_ptr, seq, kv_head, angle, stride_q_tok, stride_q_head, k_ptr.dtype.element_ty,
-                    NUM_KV_HEADS, GROUP, HEAD_DIM,
-                )  # fmt: skip
-                owns_new = (lo <= start_pos) & (start_pos < hi)
-                new_pos = tl.where(owns_new, start_pos, -1)
-                full_end = tl.where(owns_new, tl.minimum(full_end, start_pos // BLOCK_N * BLOCK_N), full_end)
             acc, l_i, m_i = _attend(
                 acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, table_ptr, kv_head, lo, tl.minimum(hi, full_end),
-                qk_scale, new_pos, k_new, v_new, NUM_KV_HEADS, HEAD_DIM, PAGE, BLOCK_N, DOT_PRECISION,
-                MASKED=False, NEW=False,
+                qk_scale, NUM_KV_HEADS, HEAD_DIM, PAGE, BLOCK_N, DOT_PRECISION, MASKED=False,
             )  # fmt: skip
             acc, l_i, m_i = _attend(
                 acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, table_ptr, kv_head, tl.maximum(lo, full_end), hi,
-                qk_scale, new_pos, k_new, v_new, NUM_KV_HEADS, HEAD_DIM, PAGE, BLOCK_N, DOT_PRECISION,
-                MASKED=True, NEW=ROPE,
+                qk_scale, NUM_KV_HEADS, HEAD_DIM, PAGE, BLOCK_N, DOT_PRECISION, MASKED=True,
             )  # fmt: skip
-            if ROPE:  # noqa: SIM102 (static: owns_new exists only with ROPE)
-                if owns_new:  # after the loop, which must not read the slot (the tests can tell)
-                    slot = tl.load(slot_ptr + seq).to(tl.int64) * (NUM_KV_HEADS * HEAD_DIM)
-                    tl.store(k_ptr + slot + kv_head * HEAD_DIM + d, k_new)
-                    tl.store(v_ptr + slot + kv_head * HEAD_DIM + d, v_new)
 
             if SPLITS > 1:
                 # unnormalised: _merge_splits weighs the splits by their maxima (m_i: -inf, l_i: 0
@@ -375,11 +301,10 @@ def _launch(
     tile: TileConfig,
     group_pad: int,
     splits: int = 1,
-    new_kv: NewKV | None = None,
 ) -> torch.Tensor:
     """The decode form when cu_seqlens_q is None (positions: context_lens), else the varlen form
     (positions: start_pos). `splits` > 1 (decode form only): the context split over that many
-    programs, merged by a second kernel. `new_kv` (decode form only): see `paged_decode_attention`."""
+    programs, merged by a second kernel."""
     _, num_heads, head_dim = q.shape
     _, page, num_kv_heads, _ = k_cache.shape
     decode = cu_seqlens_q is None
@@ -401,8 +326,6 @@ def _launch(
         block_tables,
         positions if decode else cu_seqlens_q,  # a pointer the decode form does not read
         positions,
-        # rope_pos_ptr, inv_freq_ptr, slot_ptr: not read without new_kv
-        *((new_kv.positions, new_kv.inv_freq, new_kv.slot_mapping) if new_kv else (positions,) * 3),
         block_tables.shape[0],
         head_dim**-0.5 * LOG2E,
         q.stride(0),
@@ -421,7 +344,6 @@ def _launch(
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         DECODE=decode,
         SPLITS=splits,
-        ROPE=new_kv is not None,
         num_warps=tile.num_warps,
         num_stages=tile.num_stages,
     )
@@ -433,17 +355,6 @@ def _launch(
     return out
 
 
-@dataclass(frozen=True)
-class NewKV:
-    """A decode step's own K/V, still in the packed projection beside q: the attention kernel rotates
-    q and k, writes k and v to the cache and attends to them, in the one launch (rotary, store and
-    attention: a decode step is bound by its launches)."""
-
-    positions: torch.Tensor  # [batch]: each token's position, the rotary angle
-    inv_freq: torch.Tensor  # [head_dim // 2] float32 (`RotaryEmbedding.inv_freq`)
-    slot_mapping: torch.Tensor  # [batch]: the cache slot each token's K/V goes to
-
-
 def paged_decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -452,44 +363,19 @@ def paged_decode_attention(
     context_lens: torch.Tensor,
     splits: int = 0,
     tile: TileConfig = DECODE_TILE,
-    new_kv: NewKV | None = None,
 ) -> torch.Tensor:
     """q `[batch, heads, head_dim]` (one token per sequence, the last of its context); caches
     `[blocks, page, kv_heads, head_dim]`. Safe to capture in a CUDA graph. `splits`: context splits
     per (sequence, KV head), a power of two up to MAX_SPLITS (0: `decode_splits` picks); `tile`: the
-    launch shape (block_q is 1; the microbenchmark sweeps the others).
-
-    Without `new_kv` the caches already hold the tokens' K/V and q is rotated. With it, q is the
-    unrotated q part of the packed projection `[batch, (heads + 2 * kv_heads) * head_dim]` (as a
-    `[batch, heads, head_dim]` view), whose k and v follow in each row: the kernel does what
-    `triton_fused.rope_store_kv` would have done before it, except that q is left unrotated in the
-    projection."""
-    batch, num_heads, head_dim = q.shape
+    launch shape (block_q is 1; the microbenchmark sweeps the others)."""
+    batch, num_heads, _ = q.shape
     kv_heads = k_cache.shape[2]
-    # (a one-row tensor's row stride can be anything: it is never used)
-    if new_kv is not None and (
-        q.stride(1) != head_dim
-        or q.stride(2) != 1
-        or (batch > 1 and q.stride(0) < (num_heads + 2 * kv_heads) * head_dim)
-        or q.dtype != k_cache.dtype
-        or new_kv.inv_freq.dtype != torch.float32
-        or new_kv.inv_freq.numel() != head_dim // 2
-        or new_kv.positions.shape != (batch,)
-        or new_kv.slot_mapping.shape != (batch,)
-    ):
-        raise ValueError(
-            "with new_kv, q must be the q part of the packed projection [batch, (heads + 2 * kv_heads) "
-            "* head_dim] in the caches' dtype, with float32 inv_freq [head_dim // 2] and positions and "
-            "slot_mapping [batch]"
-        )
     group = num_heads // kv_heads
     # tl.dot needs M >= 16: the group's heads are padded to 16 rows
     group_pad = max(16, triton.next_power_of_2(group))
     sm_count = _sm_count(q.device.index or 0) if q.is_cuda else 1  # the interpreter: set `splits`
     splits = splits or decode_splits(batch, kv_heads, sm_count)
-    return _launch(
-        q, k_cache, v_cache, block_tables, None, context_lens, batch, tile, group_pad, splits, new_kv
-    )
+    return _launch(q, k_cache, v_cache, block_tables, None, context_lens, batch, tile, group_pad, splits)
 
 
 def paged_varlen_attention(

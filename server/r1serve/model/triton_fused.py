@@ -49,30 +49,20 @@ if triton is not None:
         tl.store(out_ptr + row * stride_o + cols, (w * normed).to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def rotary(x, partner, first_half, angle):
-        """`x * cos(angle) + partner * sin(angle)` in x's dtype (bf16 or float32): x one half of a head,
-        partner the other half, negated where `first_half` (rotate_half). cos and sin are rounded to the
-        dtype as transformers rounds them, and so is `partner * sin`; `x * cos` joins the sum unrounded.
-        The fma is explicit because with two rounded products in a sum the compiler fuses one of them
-        into it (an `fma.rn.bf16`), and which one differed between the kernels that inline this: every
-        kernel that rotates k must write the cache to the bit alike, or a sequence recomputed after a
-        preemption (a prompt chunk) would read other K than its decode steps wrote."""
-        dtype = x.dtype
-        cos = tl.cos(angle).to(dtype).to(tl.float32)
-        sin = tl.sin(angle).to(dtype).to(tl.float32)
-        partner = partner.to(tl.float32)  # negated in float32: the interpreter keeps bf16 as uint16
-        rounded = (tl.where(first_half, -partner, partner) * sin).to(dtype).to(tl.float32)
-        return tl.fma(x.to(tl.float32), cos, rounded).to(dtype)
-
-    @triton.jit
     def _rotate(src, dst, angle, HALF: tl.constexpr):
         """Rotates the head at `src` (half-split layout) by `angle` [HALF] and writes it to `dst`."""
         dtype = dst.dtype.element_ty
+        # cos/sin in float32, cast to the activations' dtype; each product and sum rounded like
+        # `x * cos + rotate_half(x) * sin` in that dtype
+        cos = tl.cos(angle).to(dtype).to(tl.float32)
+        sin = tl.sin(angle).to(dtype).to(tl.float32)
         i = tl.arange(0, HALF)
-        x1 = tl.load(src + i).to(dtype)
-        x2 = tl.load(src + HALF + i).to(dtype)
-        tl.store(dst + i, rotary(x1, x2, True, angle))
-        tl.store(dst + HALF + i, rotary(x2, x1, False, angle))
+        x1 = tl.load(src + i).to(tl.float32)
+        x2 = tl.load(src + HALF + i).to(tl.float32)
+        o1 = (x1 * cos).to(dtype).to(tl.float32) + (-x2 * sin).to(dtype).to(tl.float32)
+        o2 = (x2 * cos).to(dtype).to(tl.float32) + (x1 * sin).to(dtype).to(tl.float32)
+        tl.store(dst + i, o1.to(dtype))
+        tl.store(dst + HALF + i, o2.to(dtype))
 
     @triton.jit
     def _angle(pos_ptr, inv_freq_ptr, token, HALF: tl.constexpr):
