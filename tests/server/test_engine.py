@@ -358,6 +358,7 @@ def test_engine_failure_ends_every_stream_and_later_requests(runner: ModelRunner
     request fails at once, and `on_failure` (the server's exit) runs once."""
     failures: list[str] = []
     stuck = StuckRunner(runner)
+    killers: list[threading.Thread] = []
 
     async def scenario() -> tuple[list[Exception], int]:
         engine = AsyncEngine(engine_for(stuck), max_queue=8, on_failure=failures.append)
@@ -372,7 +373,8 @@ def test_engine_failure_ends_every_stream_and_later_requests(runner: ModelRunner
                     tokens += len(event.token_ids)
                     if tokens >= 2 and stuck.go.is_set():  # events may carry several tokens
                         stuck.go.clear()
-                        threading.Thread(target=engine.fail, args=("rank 1 died",)).start()
+                        killers.append(threading.Thread(target=engine.fail, args=("rank 1 died",)))
+                        killers[-1].start()
             except EngineError as exc:
                 errors.append(exc)
             later = engine.add_request(list(PROMPTS[1]), GREEDY, frozenset())
@@ -387,6 +389,9 @@ def test_engine_failure_ends_every_stream_and_later_requests(runner: ModelRunner
             engine.stop()
 
     errors, tokens = asyncio.run(scenario())
+    # the streams may end before `fail`'s thread reaches on_failure, which it calls after ending them
+    for killer in killers:
+        killer.join(timeout=30)
     assert [str(e) for e in errors] == ["rank 1 died", "rank 1 died"]
     assert 2 <= tokens < 40
     assert failures == ["rank 1 died"]
