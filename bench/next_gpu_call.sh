@@ -2,8 +2,8 @@
 # The next GPU call, ready to run (~6 minutes of a 10-minute call).
 #   run: bash bench/next_gpu_call.sh   kind: nvidia-h200   carry: [".whl"]
 # Session 13 removed the fused decode rotary (docs/PERFORMANCE.md, session 13) and put the attention
-# kernel, the decoder and their tests back to session 11's code; their sm_90 instructions match
-# session 12's. This call confirms it on the card:
+# kernel, the decoder, triton_fused and their tests back to session 11's code; their sm_90
+# instructions match those of session 12's final code (flag off). This call confirms it on the card:
 # 1. the whole one-GPU suite (session 12 on session 11's code: 133 passed, 2 skipped);
 # 2. `bench.profile_step` (session 13, flag off: batch 1 1.796-1.820 ms a step, graph replay);
 # 3. the decode and online cases with the pods' settings (session 12: 64 streams ITL P99 7.27-8.13 ms).
