@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
 # The next GPU call, ready to run (~6 minutes of a 10-minute call).
 #   run: bash bench/next_gpu_call.sh   kind: nvidia-h200   carry: [".whl"]
-# Session 13 removed the fused decode rotary (docs/PERFORMANCE.md, session 13) and put the attention
-# kernel, the decoder, triton_fused and their tests back to session 11's code; their sm_90
-# instructions match those of session 12's final code (flag off). This call confirms it on the card:
-# 1. the whole one-GPU suite, the files of session 12's first run (on session 11's code, the code
-#    now: 133 passed, 2 skipped);
-# 2. `bench.profile_step` (session 13, flag off: batch 1 1.796-1.820 ms a step, graph replay);
-# 3. the decode and online cases with the pods' settings (session 12: 64 streams ITL P99 7.27-8.13 ms).
+# The standing check of the serving code on one H200 (session 14 ran it on the code now; docs/PERFORMANCE.md):
+# 1. the whole one-GPU suite (session 14: 133 passed, 2 skipped, in 324 s);
+# 2. `bench.profile_step` (session 14: batch 1 1.776-1.795 ms a step, graph replay);
+# 3. the decode and online cases with the pods' settings (session 14: 64 streams ITL P99 7.28-8.44 ms
+#    over five servers, TTFT P99 157-186 ms).
 set -u
 cd "$(dirname "$0")/.."
 source bench/part.sh
