@@ -392,6 +392,41 @@ def check_analysis_args(objects: list[dict]) -> list[str]:
     return problems
 
 
+def _secret_env(container: dict, name: str) -> tuple[str, str] | None:
+    """(Secret, key) a container's variable `name` comes from, or None."""
+    for e in container.get("env") or []:
+        ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+        if e.get("name") == name and ref:
+            return ref.get("name"), ref.get("key")
+    return None
+
+
+def _is_load_test(container: dict) -> bool:
+    return container.get("image", "").rsplit("/", 1)[-1].split(":")[0].split("@")[0] == "r1-loadtest"
+
+
+def check_load_test_key(objects: list[dict]) -> list[str]:
+    """Once the server's API key Secret exists every /v1 call without it is a 401, so a load test
+    (the blue-green pre-promotion gate among them) must read the same Secret, or every release fails."""
+    keys = {
+        key
+        for _, obj, template in pod_templates(objects)
+        if obj.get("kind") in SERVING_KINDS
+        for c in _containers(template)
+        if (key := _secret_env(c, "R1SERVE_API_KEY"))
+    }
+    problems = []
+    for where, _, template in pod_templates(objects):
+        for c in filter(_is_load_test, _containers(template)):
+            got = _secret_env(c, "LOCUST_API_KEY")
+            for secret, key in sorted(keys - {got}):
+                problems.append(
+                    f"{where}: container {c.get('name')}: LOCUST_API_KEY does not come from Secret"
+                    f" {secret} key {key}, which the server's R1SERVE_API_KEY reads"
+                )
+    return problems
+
+
 def check_pod_monitor(objects: list[dict]) -> list[str]:
     """Analysis tells canary from stable by rollouts_pod_template_hash: the scrape must keep it."""
     monitors = [o for o in objects if o.get("kind") == "PodMonitor"]
@@ -428,6 +463,7 @@ CHECKS: tuple[Callable[[list[dict]], list[str]], ...] = (
     check_network_and_disruption,
     check_analysis_args,
     check_pod_monitor,
+    check_load_test_key,
 )
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from r1ops import policy
+from r1ops.render import render_overlay
+from r1ops.validate import load_objects
 
 from .conftest import ENVS, find
 
@@ -95,6 +98,12 @@ def _token(objs: list[dict]) -> None:
     )
 
 
+def _load_test_without_key(objs: list[dict]) -> None:
+    template = find(objs, "AnalysisTemplate", "inference-preview-load")
+    locust = template["spec"]["metrics"][0]["provider"]["job"]["spec"]["template"]["spec"]["containers"][0]
+    locust["env"] = [e for e in locust["env"] if e["name"] != "LOCUST_API_KEY"]
+
+
 def _host_path(objs: list[dict]) -> None:
     volumes = find(objs, "Rollout")["spec"]["template"]["spec"]["volumes"]
     volumes.append({"name": "models-on-node", "hostPath": {"path": "/models"}})
@@ -160,6 +169,7 @@ def _no_kernel_cache(objs: list[dict]) -> None:
             "Job/ai-inference-prod/deepseek-r1-model-download: container download: allowPrivilegeEscalation",
         ),
         (_token, "inference-preview-load metric preview-load: automountServiceAccountToken is not false"),
+        (_load_test_without_key, "LOCUST_API_KEY does not come from Secret deepseek-r1-api-key key api-key"),
         (_no_strategy, "no canary or blueGreen strategy"),
         (_host_path, "volume models-on-node is a hostPath"),
         (_open_all_ports, "NetworkPolicy deepseek-r1 opens all ports"),
@@ -231,3 +241,17 @@ def test_canary_arguments_are_checked_too(objects: dict) -> None:
     assert any(
         "inference-p99-vs-stable needs arg 'stable-hash'" in p for p in _break(objects["staging"], drop)
     )
+
+
+def test_standalone_load_test_jobs_read_the_servers_key(objects: dict, repo_root: Path) -> None:
+    """loadtests/k8s renders without the server; its Jobs must read the Secret the overlays' server reads."""
+    server = [o for o in objects["prod"] if o.get("kind") == "Rollout"]
+    for tree in ("preview-job", "distributed"):
+        jobs = load_objects(render_overlay(repo_root / "loadtests" / "k8s" / tree))
+        assert [o for o in jobs if o.get("kind") == "Job"]
+        assert policy.check_load_test_key(server + jobs) == []
+        keyless = copy.deepcopy(jobs)
+        for job in keyless:
+            for c in job.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+                c["env"] = [e for e in c.get("env") or [] if e["name"] != "LOCUST_API_KEY"]
+        assert policy.check_load_test_key(server + keyless)
