@@ -218,6 +218,14 @@ def test_unknown_model_is_404(client: openai.OpenAI) -> None:
     assert err.value.code == "model_not_found"
 
 
+def test_extreme_sampling_values_are_served(client: openai.OpenAI, model: str) -> None:
+    """A top_k past float32's range once failed the engine's step, and every running request with it."""
+    for extra in ({"top_k": 10**309}, {"temperature": 1e-40}, {"top_p": 1e-46}):
+        resp = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=3, extra_body=extra)
+        assert resp.choices[0].finish_reason in ("length", "stop"), extra
+    assert client.models.list().data  # the server is still up
+
+
 def test_unknown_fields_are_ignored_and_null_means_unset(client: openai.OpenAI, model: str) -> None:
     extra = {"frobnicate": True, "n": None, "stream": None, "presence_penalty": None, "stop": None}
     resp = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2, extra_body=extra)

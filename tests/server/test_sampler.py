@@ -184,3 +184,28 @@ def test_start_up_warms_the_sampler_and_a_failure_there_is_a_start_error(tiny_mo
     monkeypatch.setattr(Sampler, "warmup", out_of_memory)
     with pytest.raises(loader.EngineStartError, match="RuntimeError: CUDA out of memory"):
         loader.build_engine(settings)
+
+
+def test_top_k_past_the_vocabulary_keeps_every_token_and_fails_no_row() -> None:
+    """A top_k past float32's range (10**309 from a client) once raised inside the engine's step and
+    failed every running request; a top_k past the vocabulary is no restriction."""
+    row = [1.0, 1.0, 1.0, 1.0]
+    huge, greedy = SamplingParams(temperature=1.0, top_k=10**309), SamplingParams(temperature=0.0)
+    seen = {
+        sample(logits(row, [0.0, 2.0, 0.0, 0.0]), [huge, greedy], [[], []], [None, None])[0]
+        for _ in range(60)
+    }
+    assert seen == {0, 1, 2, 3}
+    assert sample(logits(row, [0.0, 2.0, 0.0, 0.0]), [huge, greedy], [[], []], [None, None])[1] == 1
+
+
+@pytest.mark.parametrize(
+    "params", [SamplingParams(temperature=1e-40), SamplingParams(temperature=1.0, top_p=1e-46)]
+)
+def test_vanishing_temperature_or_top_p_is_greedy(params: SamplingParams) -> None:
+    """Both round to 0 in float32: sampled, every probability would be NaN and the token always 0."""
+    assert params.greedy
+    assert sample(logits([0.5, 0.1, 3.0], [0.2, 4.0, 0.1]), [params, params], [[], []], [None, None]) == [
+        2,
+        1,
+    ]

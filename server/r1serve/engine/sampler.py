@@ -114,10 +114,16 @@ class Sampler:
 
         device, vocab = logits.device, logits.shape[-1]
         # One row of settings per sequence: temperature, top-k, top-p, greedy; one tensor, one copy.
-        # float32 holds every top-k below the vocabulary size exactly (vocabularies are far below 2**24).
+        # float32 holds every top-k below the vocabulary size exactly (vocabularies are far below 2**24);
+        # a larger one keeps every token, and one past float32's range would fail the whole batch.
         settings = to_device(
             [
-                [1.0 if p.greedy else p.temperature, p.top_k if p.top_k > 0 else vocab, p.top_p, p.greedy]
+                [
+                    1.0 if p.greedy else p.temperature,
+                    min(p.top_k, vocab) if p.top_k > 0 else vocab,
+                    p.top_p,
+                    p.greedy,
+                ]
                 for p in params
             ],
             torch.float32,

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from functools import cached_property
 
+SAMPLING_EPS = 1e-5
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -26,7 +28,9 @@ class SamplingParams:
     # straight into the instance dict, which a frozen dataclass allows.
     @cached_property
     def greedy(self) -> bool:
-        return self.temperature == 0.0 or self.top_k == 1
+        # A temperature or top_p this small is greedy in effect, and in float32 (the sampler's settings)
+        # 1e-40 is 0: dividing by it, or a nucleus of 0, would make every probability NaN.
+        return self.temperature < SAMPLING_EPS or self.top_k == 1 or self.top_p < SAMPLING_EPS
 
     @cached_property
     def has_penalties(self) -> bool:
