@@ -75,6 +75,16 @@ class GitRepo:
     def valid_branch_name(self, name: str) -> bool:
         return self.git("check-ref-format", "--branch", name, check=False).returncode == 0
 
+    def commits_not_on(self, remote: str, branch: str) -> list[str] | None:
+        """`<short sha> <subject>` of each commit of HEAD that `remote`'s `branch` does not have, fetched
+        now; None when the remote has no such branch."""
+        fetch = self.git("fetch", "--quiet", remote, f"refs/heads/{branch}", check=False)
+        if fetch.returncode != 0:
+            if "couldn't find remote ref" in fetch.stderr:
+                return None
+            raise CommandError(f"git fetch from {remote} failed: {_last_line(fetch.stderr or fetch.stdout)}")
+        return self.git("log", "--format=%h %s", "FETCH_HEAD..HEAD").stdout.splitlines()
+
     def switch(self, branch_or_commit: str, *, create: bool = False) -> None:
         mode = ["--create"] if create else [] if self.branch_exists(branch_or_commit) else ["--detach"]
         self.git("switch", "--quiet", *mode, branch_or_commit)

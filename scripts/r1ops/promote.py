@@ -46,6 +46,7 @@ class Delivery:
     branch: str | None
     remote: str
     attempts: int
+    allow_unpushed: bool = False
 
 
 def _message(change: ReleaseChange, changes: dict[str, tuple[str, str]]) -> str:
@@ -64,8 +65,24 @@ def _check_delivery(repo: GitRepo, delivery: Delivery) -> None:
             raise CommandError(f"{delivery.branch!r} is not a valid branch name")
         if repo.branch_exists(delivery.branch):
             raise CommandError(f"branch {delivery.branch} already exists: pick another name or delete it")
-    elif delivery.push and repo.current_branch() is None:
-        raise CommandError("HEAD is detached: check out a branch to push, or use --branch NAME")
+    elif delivery.push:
+        branch = repo.current_branch()
+        if branch is None:
+            raise CommandError("HEAD is detached: check out a branch to push, or use --branch NAME")
+        # The push carries every commit HEAD has, but the diff shown is only this change's: a local
+        # commit nobody reviewed would reach every environment unseen.
+        local = (
+            []
+            if delivery.dry_run or delivery.allow_unpushed
+            else repo.commits_not_on(delivery.remote, branch)
+        )
+        if local:
+            more = f" and {len(local) - 1} more" if len(local) > 1 else ""
+            raise CommandError(
+                f"{branch} has commits that {delivery.remote}/{branch} does not ({local[0]}{more}), and"
+                " --push would ship them unseen with this change: push them on their own first, or pass"
+                " --allow-unpushed"
+            )
 
 
 def apply(change: ReleaseChange, delivery: Delivery, out: Console, err: Console) -> int:
@@ -135,7 +152,9 @@ def _positive(text: str) -> int:
 
 
 def _delivery(args: argparse.Namespace) -> Delivery:
-    return Delivery(args.dry_run, args.push, args.branch, args.remote, args.push_attempts)
+    return Delivery(
+        args.dry_run, args.push, args.branch, args.remote, args.push_attempts, args.allow_unpushed
+    )
 
 
 def _consoles() -> tuple[Console, Console]:
@@ -186,6 +205,11 @@ def _add_delivery_options(parser: argparse.ArgumentParser) -> None:
         "--push",
         action="store_true",
         help="push the branch; if the remote moved, pull --rebase and retry (bounded)",
+    )
+    parser.add_argument(
+        "--allow-unpushed",
+        action="store_true",
+        help="--push even though the branch has commits the remote does not (they go out too)",
     )
     parser.add_argument("--branch", metavar="NAME", help="commit on a new branch (for a pull request)")
     parser.add_argument("--remote", default="origin", help="remote to push to (default: origin)")

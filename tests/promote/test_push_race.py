@@ -72,7 +72,8 @@ def test_push_attempts_are_bounded(alice: Clone, bob: Clone) -> None:
     assert bob.r1ops("bump", _image(bob, "2.0.0"), "--push").returncode == 0
     alice.set_release("staging", image=_image(alice, "5.0.4"))
 
-    result = alice.r1ops("promote", "staging", "prod", "--push", "--push-attempts", "1")
+    args = ("--push", "--push-attempts", "1", "--allow-unpushed")  # her setup commit goes too
+    result = alice.r1ops("promote", "staging", "prod", *args)
 
     assert result.returncode == 1
     assert "still rejected after 1 attempts" in result.stderr
@@ -86,7 +87,7 @@ def test_a_rebase_that_breaks_the_target_is_not_pushed(alice: Clone, bob: Clone)
     bob.git("push", "-q", "origin", "main")
     alice.set_release("staging", image=_image(alice, "5.0.3"))
 
-    result = alice.r1ops("promote", "staging", "prod", "--push")
+    result = alice.r1ops("promote", "staging", "prod", "--push", "--allow-unpushed")
 
     assert result.returncode == 1
     assert "prod does not render after rebasing onto origin/main" in result.stderr
@@ -100,4 +101,31 @@ def test_push_without_a_remote_is_a_clear_error(alice: Clone) -> None:
     alice.set_release("staging", image=_image(alice, "5.0.2"))
     result = alice.r1ops("promote", "staging", "prod", "--push", "--remote", "nowhere")
     assert result.returncode == 1
-    assert result.stderr.startswith("r1ops promote: git push to nowhere failed:")
+    assert result.stderr.startswith("r1ops promote: git fetch from nowhere failed:")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_local_commit_is_not_pushed_unseen(alice: Clone) -> None:
+    """The diff shows only the release change, so a commit of HEAD's that the remote lacks would ship
+    unreviewed: --push refuses unless told, and says which commit."""
+    alice.set_release("staging", image=_image(alice, "5.0.1"))  # on the promotion path, pushed
+    alice.git("push", "-q", "origin", "main")
+    (alice.path / "experiment.md").write_text("not for prod\n")
+    alice.git("add", "experiment.md")
+    alice.git("commit", "-qm", "wip: experiment")
+    remote_head, head = alice.git("ls-remote", "origin", "refs/heads/main").split()[0], alice.head()
+
+    refused = alice.r1ops("promote", "staging", "prod", "--push")
+
+    assert refused.returncode == 1
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "main has commits that origin/main does not" in refused.stderr
+    assert "wip: experiment" in refused.stderr
+    assert alice.head() == head and alice.is_clean()
+    assert alice.git("ls-remote", "origin", "refs/heads/main").split()[0] == remote_head
+
+    allowed = alice.r1ops("promote", "staging", "prod", "--push", "--allow-unpushed")
+
+    assert allowed.returncode == 0, allowed.stderr
+    assert alice.git("ls-remote", "origin", "refs/heads/main").split()[0] == alice.head()
+    assert alice.subject("HEAD~1") == "wip: experiment"
