@@ -20,10 +20,11 @@ from r1load.chat import chat
 from r1load.options import add_arguments
 from r1load.prompts import DEFAULT_PROMPTS, load_prompts, max_tokens_sampler
 from r1load.shapes import R1Shape
-from r1load.slo import gate
+from r1load.slo import gate, use_three_digit_buckets
 from r1load.split import parse_split, pick
 
 __all__ = ["ChatUser", "R1Shape"]
+use_three_digit_buckets()  # P99s read to 3 digits, in the master and every worker (r1load/slo.py)
 
 
 @events.init_command_line_parser.add_listener

@@ -13,8 +13,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import requests
+
 TTFT, ITL, E2E, TOKENS_PER_S = "TTFT", "ITL", "E2E", "TOKENS/S"
 CUSTOM_TYPES = (TTFT, ITL, E2E, TOKENS_PER_S)
+# Seconds to connect, and to wait for the next bytes of a response: a stream that hangs fails.
+REQUEST_TIMEOUT = (10.0, 300.0)
 
 
 @dataclass
@@ -59,6 +63,19 @@ def _read_stream(response: Any, timing: Timing) -> str | None:
     return "stream ended without [DONE]"
 
 
+def _read_response(resp: Any, stream: bool, timing: Timing) -> str | None:
+    """Read a response to its end; return an error message, or None when it is a good one."""
+    if resp.status_code != 200:
+        return f"HTTP {resp.status_code}: {resp.text[:200]}"
+    if stream:
+        return _read_stream(resp, timing)
+    try:
+        timing.tokens = resp.json()["usage"]["completion_tokens"]
+    except (ValueError, KeyError) as exc:
+        return f"bad response body: {exc}"
+    return None
+
+
 def chat(
     user: Any, payload: dict[str, Any], stream: bool, headers: dict[str, str], base: str = "", label: str = ""
 ) -> None:
@@ -75,19 +92,14 @@ def chat(
         stream=stream,
         catch_response=True,
         name=f"/v1/chat/completions [{name}]",
+        timeout=REQUEST_TIMEOUT,
     ) as resp:
-        if resp.status_code != 200:
-            resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
-            return
-        if stream:
-            error = _read_stream(resp, timing)
-        else:
-            try:
-                out = resp.json()
-                timing.tokens = out["usage"]["completion_tokens"]
-                error = None
-            except (ValueError, KeyError) as exc:
-                error = f"bad response body: {exc}"
+        try:
+            error = _read_response(resp, stream, timing)
+        except requests.RequestException as exc:
+            # A stream broken or stalled after its headers: Locust would re-raise this from the
+            # `with` and count the request nowhere, so an SLO gate could pass over it.
+            error = f"response broken off: {exc}"
         if error:
             resp.failure(error)
             return

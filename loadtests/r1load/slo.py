@@ -22,10 +22,27 @@ class Check:
     measured: float | None
     threshold: float
     unit: str
+    fmt: str = ".3f"
 
     @property
     def passed(self) -> bool:
         return self.measured is not None and self.measured <= self.threshold
+
+
+def three_digit_buckets(response_time: float) -> int:
+    """Response times rounded to 3 significant digits: Locust's default keeps 2, so a P99 read
+    anywhere from 14.5 to 15.5 s is 15 s, and a 15 s gate would pass a 15.4 s one."""
+    if response_time < 1000:
+        return round(response_time)
+    return int(round(response_time, 3 - len(str(int(response_time)))))
+
+
+def use_three_digit_buckets() -> None:
+    """Locust's documented hook for its response-time buckets (locust.stats.bucket_response_time):
+    set in every process of a run (the locustfile does, on import), since workers bucket too."""
+    import locust.stats
+
+    locust.stats.bucket_response_time = three_digit_buckets
 
 
 def _merged_p99(stats: Any, request_type: str) -> float | None:
@@ -69,12 +86,15 @@ def gate(environment: Any, console: Console | None = None) -> int | None:
     results = checks(environment.stats, environment.parsed_options)
     if not results:
         return None
+    # The exit code set here replaces Locust's own, which would be non-zero for a task that raised.
+    raised = sum(e["count"] for e in (getattr(environment.runner, "exceptions", None) or {}).values())
+    results.append(Check("exceptions raised in tasks", raised, 0, "", "d"))
     total, failed = request_counts(environment.stats)
     table = Table(title=f"SLO gate ({total} requests, {failed} failed)", title_justify="left")
     for col in ("check", "measured", "threshold", "result"):
         table.add_column(col)
     for c in results:
-        shown = "no data" if c.measured is None else f"{c.measured:.3f}{c.unit}"
+        shown = "no data" if c.measured is None else f"{c.measured:{c.fmt}}{c.unit}"
         verdict = "[green]PASS[/]" if c.passed else "[red]FAIL[/]"
         table.add_row(c.name, shown, f"<= {c.threshold:g}{c.unit}", verdict)
     (console or Console(stderr=True)).print(table)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import csv
+import json
+import socket
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -95,3 +99,60 @@ def test_distributed_master_and_worker(live_server: ServerProcess, tmp_path: Pat
     rows = stats(tmp_path / "dist")
     assert int(rows["E2E", "stream"]["Request Count"]) > 0  # the worker's custom metrics reach the master
     assert master_out.count("SLO gate") == 1 and "SLO gate" not in worker_out
+
+
+class _HalfBrokenStreams(BaseHTTPRequestHandler):
+    """Every other stream is cut off after its first chunk, as a crashed or restarted server cuts it.
+    A stand-in, said so: r1serve does not break streams on purpose, and this is what the load test
+    must count when something does."""
+
+    protocol_version = "HTTP/1.1"
+    served = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).served += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        events = [
+            {"choices": [{"delta": {"content": "hi"}}]},
+            {"choices": [], "usage": {"completion_tokens": 1}},
+        ]
+        for i, event in enumerate(events):
+            self._chunk(f"data: {json.dumps(event)}\n\n")
+            if i == 0 and self.served % 2:
+                self.connection.shutdown(socket.SHUT_RDWR)  # mid-stream: no more chunks, no end
+                self.close_connection = True
+                return
+        self._chunk("data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _chunk(self, text: str) -> None:
+        data = text.encode()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_streams_broken_off_are_failures(tmp_path: Path) -> None:
+    """A stream cut after its headers once escaped Locust's accounting: neither a request nor a
+    failure, so the error ratio read 0 and the gate passed."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HalfBrokenStreams)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host = f"http://127.0.0.1:{server.server_port}"
+        out = locust(
+            "--headless", "-u", "2", "-r", "2", "-t", "3s", "--host", host, "--model", "x",
+            "--stream-ratio", "1", "--slo-error-ratio", "0.01", "--csv", str(tmp_path / "cut"),
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    assert out.returncode == 1, out.stderr[-2000:]
+    row = stats(tmp_path / "cut")["POST", "/v1/chat/completions [stream]"]
+    assert int(row["Failure Count"]) > 0 and int(row["Request Count"]) > int(row["Failure Count"])
+    assert "response broken off" in (tmp_path / "cut_failures.csv").read_text()
+    assert "exceptions raised in tasks" in out.stderr

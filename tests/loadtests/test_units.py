@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from r1load.prompts import load_prompts, max_tokens_sampler
 from r1load.schedule import plan
+from r1load.slo import three_digit_buckets
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_prompt_set_has_a_length_mix() -> None:
@@ -60,3 +67,30 @@ def test_step_shape_ramps_in_steps() -> None:
 def test_spike_shape_spikes_in_the_middle_fifth() -> None:
     users = [plan("spike", 20, t, 100, 4) for t in (0, 39, 40, 59, 60, 99)]
     assert users == [5, 5, 20, 20, 5, 5]
+
+
+def _gate(scenario: str) -> tuple[int, str]:
+    """Runs tests/loadtests/gate_probe.py: importing Locust monkey-patches the whole process (gevent),
+    so the real Locust objects live in a process of their own. Returns (gate's code, its table)."""
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("gate_probe.py")), scenario],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO / "loadtests")},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, table = proc.stdout.partition("\n")
+    return int(code), table
+
+
+def test_p99_is_read_to_three_digits_so_the_gate_sees_a_small_breach() -> None:
+    """Locust keeps two digits by default: a 15.4 s P99 would read 15 s and pass a 15 s gate."""
+    assert [three_digit_buckets(v) for v in (57, 147, 3432, 15449, 58760)] == [57, 147, 3430, 15400, 58800]
+    assert _gate("p99-15.4s-against-15s")[0] == 1
+    assert _gate("p99-14.9s-against-15s")[0] == 0
+
+
+def test_an_exception_in_a_task_fails_the_gate() -> None:
+    """The gate's exit code replaces Locust's, which a raising task would have made non-zero."""
+    code, table = _gate("exception")
+    assert code == 1
+    assert "exceptions raised in tasks" in table and "FAIL" in table
