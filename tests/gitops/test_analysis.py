@@ -146,6 +146,22 @@ def test_queries_in_the_prometheus_engine(objects: dict, tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_background_analysis_outlasts_the_canary_steps(objects: dict) -> None:
+    """Argo Rollouts starts no second background run: one that reaches its count before the last step
+    ends leaves the rest of the canary unchecked. Allow each setWeight 10 minutes for GPU pods to load."""
+    canary = find(objects["staging"], "Rollout")["spec"]["strategy"]["canary"]
+    args = {a["name"]: a.get("value") for a in canary["analysis"]["args"]}
+    steps = canary["steps"][canary["analysis"]["startingStep"] :]
+    pauses = sum(int(s["pause"]["duration"].removesuffix("m")) for s in steps if "pause" in s)
+    loads = 10 * sum("setWeight" in s for s in steps)
+    for name, template in _templates(objects).items():
+        if name in {t["templateName"] for t in canary["analysis"]["templates"]}:
+            metric = template["spec"]["metrics"][0]
+            interval = next(a["value"] for a in template["spec"]["args"] if a["name"] == "interval")
+            window = int(metric["initialDelay"].removesuffix("m")) + int(args["count"]) * int(interval[:-1])
+            assert window >= pauses + loads, (name, window, pauses + loads)
+
+
 def test_preview_load_outlasts_the_pre_promotion_measurements(objects: dict) -> None:
     strategy = find(objects["prod"], "Rollout")["spec"]["strategy"]["blueGreen"]["prePromotionAnalysis"]
     args = {a["name"]: a.get("value") for a in strategy["args"]}
