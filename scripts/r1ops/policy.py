@@ -427,6 +427,28 @@ def check_load_test_key(objects: list[dict]) -> list[str]:
     return problems
 
 
+def _kept(obj: dict) -> bool:
+    """Argo CD leaves it in the cluster when its Application is deleted with cascade."""
+    options = ((obj.get("metadata") or {}).get("annotations") or {}).get(
+        "argocd.argoproj.io/sync-options", ""
+    )
+    return "Delete=false" in options.replace(" ", "").split(",")
+
+
+def check_kept_namespaces(objects: list[dict]) -> list[str]:
+    """A namespace deleted takes everything in it: what Delete=false keeps (the model volume) needs
+    its rendered Namespace kept as well."""
+    namespaces = {o["metadata"]["name"]: o for o in objects if o.get("kind") == "Namespace"}
+    problems = []
+    for obj in objects:
+        ns = (obj.get("metadata") or {}).get("namespace")
+        if _kept(obj) and ns in namespaces and not _kept(namespaces[ns]):
+            problems.append(
+                f"{_ref(obj)}: Delete=false, but Namespace {ns} has no Delete=false and takes it along"
+            )
+    return problems
+
+
 def check_pod_monitor(objects: list[dict]) -> list[str]:
     """Analysis tells canary from stable by rollouts_pod_template_hash: the scrape must keep it."""
     monitors = [o for o in objects if o.get("kind") == "PodMonitor"]
@@ -464,6 +486,7 @@ CHECKS: tuple[Callable[[list[dict]], list[str]], ...] = (
     check_analysis_args,
     check_pod_monitor,
     check_load_test_key,
+    check_kept_namespaces,
 )
 
 

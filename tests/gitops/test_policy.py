@@ -104,6 +104,10 @@ def _load_test_without_key(objs: list[dict]) -> None:
     locust["env"] = [e for e in locust["env"] if e["name"] != "LOCUST_API_KEY"]
 
 
+def _namespace_not_kept(objs: list[dict]) -> None:
+    find(objs, "Namespace")["metadata"].pop("annotations")
+
+
 def _host_path(objs: list[dict]) -> None:
     volumes = find(objs, "Rollout")["spec"]["template"]["spec"]["volumes"]
     volumes.append({"name": "models-on-node", "hostPath": {"path": "/models"}})
@@ -169,6 +173,7 @@ def _no_kernel_cache(objs: list[dict]) -> None:
             "Job/ai-inference-prod/deepseek-r1-model-download: container download: allowPrivilegeEscalation",
         ),
         (_token, "inference-preview-load metric preview-load: automountServiceAccountToken is not false"),
+        (_namespace_not_kept, "Delete=false, but Namespace ai-inference-prod has no Delete=false"),
         (_load_test_without_key, "LOCUST_API_KEY does not come from Secret deepseek-r1-api-key key api-key"),
         (_no_strategy, "no canary or blueGreen strategy"),
         (_host_path, "volume models-on-node is a hostPath"),
