@@ -134,7 +134,7 @@ class ReleaseFile:
             self._doc = _yaml().load(self.text)
             data = self._doc["data"]
             self.state = ReleaseState(**{key: data.get(key) for key in FIELD_LABELS})
-        except (YAMLError, TypeError, KeyError) as exc:
+        except (YAMLError, TypeError, KeyError, AttributeError) as exc:
             raise CommandError(f"{path}: not a release ConfigMap with a data mapping ({exc})") from exc
         except ValidationError as exc:
             raise CommandError(f"{path}: data.{_first_error(exc)}") from exc

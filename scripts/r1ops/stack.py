@@ -92,6 +92,16 @@ class LocalStack:
     prometheus: PrometheusProcess | None = None
 
     def start(self, exits: ExitStack) -> LocalStack:
+        """Starts the servers and Prometheus (stopped by `exits`); one that does not come up is a
+        CommandError: its message, not a traceback."""
+        from r1ops.cli import CommandError
+
+        try:
+            return self._start(exits)
+        except (RuntimeError, TimeoutError, OSError) as exc:  # PrometheusError is a RuntimeError
+            raise CommandError(str(exc)) from exc
+
+    def _start(self, exits: ExitStack) -> LocalStack:
         with self.console.status("writing the tiny model"):
             model = tiny_model_dir()
         for v in self.versions:
@@ -244,6 +254,8 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     from r1ops.analysis.spec import SpecError, parse_duration
     from r1ops.cli import CommandError
 
+    if ns.speed <= 0:
+        raise CommandError(f"--speed must be > 0, got {ns.speed:g}")
     _terminate_on_sigterm()
     console = make_console()
     mode = "degraded canary (max_num_seqs=1)" if ns.degraded_canary else "healthy canary"

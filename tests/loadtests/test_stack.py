@@ -29,11 +29,11 @@ def _alive(pid: int) -> bool:
 
 @contextmanager
 def _r1ops(
-    args: list[str], cache: Path, until: str, also: str = ""
+    args: list[str], cache: Path, until: str, also: str = "", path: str | None = None
 ) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`r1ops ARGS` running, with its output read up to the first line holding `until` (and `also`);
-    killed on the way out if the test left it running."""
-    env = dict(os.environ, XDG_CACHE_HOME=str(cache), COLUMNS="200")
+    """`r1ops ARGS` running (with PATH `path` if given), with its output read up to the first line
+    holding `until` (and `also`); killed on the way out if the test left it running."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache), COLUMNS="200", PATH=path or os.environ["PATH"])
     proc = subprocess.Popen(
         [sys.executable, "-m", "r1ops.cli", *args],
         stdout=subprocess.PIPE,
@@ -99,3 +99,17 @@ def test_demo_interrupted_under_load_leaves_no_orphans(cache: Path, tmp_path: Pa
         assert proc.returncode == 130, rest
         assert "interrupted" in rest
     _assert_no_orphans(pids)
+
+
+def test_a_part_that_does_not_start_is_one_line_and_stops_the_rest(cache: Path, tmp_path: Path) -> None:
+    """No Prometheus on PATH: the servers already up are stopped, and the reason is one line."""
+    with _r1ops(["stack", "--no-canary"], cache, until="r1ops stack:", path=str(tmp_path)) as (proc, text):
+        assert proc.wait(timeout=60) == 1
+    assert "r1ops stack: prometheus not found on PATH" in text and "Traceback" not in text
+    _assert_no_orphans([int(p) for p in re.findall(r"pid=(\d+)", text)])
+
+
+def test_demo_refuses_a_speed_that_is_not_positive(cache: Path) -> None:
+    with _r1ops(["demo", "--speed", "0"], cache, until="r1ops demo:") as (proc, text):
+        assert proc.wait(timeout=30) == 1
+    assert text.strip() == "r1ops demo: --speed must be > 0, got 0"

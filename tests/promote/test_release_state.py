@@ -72,6 +72,7 @@ def test_describe_changes_names_only_what_moved() -> None:
         (lambda t: t.replace("1.4.2", "latest"), "data.image"),
         (lambda t: t.replace('"1234567"', '""'), "data.modelRevision: Value error, '' is not a git revision"),
         (lambda t: t.replace("data:", "spec:"), "not a release ConfigMap"),
+        (lambda t: t[: t.index("data:")] + "data:\n", "not a release ConfigMap"),  # data: null
         (lambda t: t.replace("deepseek-ai/", "../../"), "data.model: Value error, '../../DeepSeek"),
     ],
 )
