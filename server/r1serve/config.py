@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     block_size: int = Field(16, ge=1, le=1024, description="tokens per KV block")
     max_queue: int = Field(256, ge=0, description="waiting requests before 429")
     drain_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests get after SIGTERM")
+    max_request_bytes: int = Field(
+        16 * 2**20, ge=0, description="largest request body; a larger one is a 413 (0 = no limit)"
+    )
     api_key: SecretStr | None = Field(
         None, description="Bearer key required on /v1 (unset = open); use the variable, flags show in ps"
     )

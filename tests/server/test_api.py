@@ -3,6 +3,7 @@ plumbing, and every client mistake mapped to the right OpenAI error."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -289,6 +290,26 @@ def test_api_key_guards_v1_but_not_probes(start_server) -> None:
         assert good.models.list().data
     for path in ("/health", "/ready", "/metrics"):
         assert httpx.get(f"{server.base_url}{path}").status_code == 200
+
+
+def test_a_body_over_the_limit_is_413_and_nothing_else_is_lost(start_server) -> None:
+    server = start_server(max_request_bytes=4096)
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0) as client:
+        model = client.models.list().data[0].id
+        with pytest.raises(openai.APIStatusError) as err:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x" * 8192}])
+        assert err.value.status_code == 413 and err.value.code == "request_too_large"
+        # No Content-Length (a chunked upload): counted as it arrives.
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": "x" * 8192}]}).encode()
+        chunked = httpx.post(
+            f"{server.base_url}/v1/chat/completions",
+            content=iter([body[:3000], body[3000:]]),
+            headers={"Content-Type": "application/json"},
+        )
+        assert chunked.status_code == 413
+        assert chunked.json()["error"]["type"] == "invalid_request_error"
+        reply = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2)
+        assert reply.choices[0].finish_reason in ("length", "stop")
 
 
 def test_start_up_imports_what_the_first_stream_would() -> None:

@@ -10,6 +10,7 @@ import anyio
 from fastapi import FastAPI
 
 from r1serve.api import openai_routes, ops_routes
+from r1serve.api.body_limit import BodyLimitMiddleware
 from r1serve.api.drain import DrainMiddleware
 from r1serve.api.errors import install_error_handlers
 from r1serve.api.metrics import MetricsMiddleware
@@ -43,7 +44,8 @@ def create_app(
     install_error_handlers(app)
     app.include_router(ops_routes.router)
     app.include_router(openai_routes.router)
-    # Outermost last: metrics see every response, including the drain's 503s.
+    # Outermost last: metrics see every response, including the drain's 503s and the limit's 413s.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(DrainMiddleware, drain=state.drain)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app

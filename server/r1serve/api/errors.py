@@ -20,6 +20,7 @@ _TYPES = {
     401: "invalid_request_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    413: "invalid_request_error",
     429: "rate_limit_exceeded",
     500: "server_error",
     503: "service_unavailable",
