@@ -54,6 +54,8 @@ def model(client: openai.OpenAI) -> str:
 
 
 MESSAGES = [{"role": "user", "content": "What is 2 + 2?"}]
+TOOL = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
+CALL = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": "{}"}}
 
 
 def test_models_lists_the_served_model(client: openai.OpenAI, live_server: ServerProcess) -> None:
@@ -192,6 +194,15 @@ def test_stop_string_is_not_emitted(client: openai.OpenAI, model: str) -> None:
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
         ({"max_tokens": 10**6}, "max_tokens"),  # beyond the context
+        # asked-for options the server does not implement: refused, never silently dropped
+        ({"tools": [TOOL]}, "tools"),
+        ({"logprobs": True}, "logprobs"),
+        ({"logprobs": True, "top_logprobs": 3}, "logprobs"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        (
+            {"messages": [{"role": "assistant", "content": None, "tool_calls": [CALL]}]},
+            "messages.0.tool_calls",
+        ),
     ],
 )
 def test_bad_chat_requests_are_400(client: openai.OpenAI, model: str, kwargs: dict, param: str) -> None:
@@ -200,6 +211,28 @@ def test_bad_chat_requests_are_400(client: openai.OpenAI, model: str, kwargs: di
         client.chat.completions.create(**body)
     assert err.value.status_code == 400 and err.value.param == param
     assert err.value.body["message"] and err.value.body["type"] == "invalid_request_error"
+
+
+def test_unsupported_completion_options_are_400(client: openai.OpenAI, model: str) -> None:
+    for kwargs, param in (
+        ({"logprobs": 2}, "logprobs"),
+        ({"best_of": 2}, "best_of"),
+        ({"suffix": "end"}, "suffix"),
+    ):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.completions.create(model=model, prompt="The sea", max_tokens=2, **kwargs)
+        assert err.value.param == param
+
+
+def test_the_off_values_of_unsupported_options_are_served(client: openai.OpenAI, model: str) -> None:
+    """Clients that send every field send these: no tools in use, no logprobs, a text response."""
+    resp = client.chat.completions.create(
+        model=model, messages=MESSAGES, max_tokens=2, tools=[TOOL], tool_choice="none", logprobs=False,
+        response_format={"type": "text"},
+    )  # fmt: skip
+    assert resp.choices[0].finish_reason in ("length", "stop")
+    text = client.completions.create(model=model, prompt="The sea", max_tokens=2, best_of=1, suffix="")
+    assert text.choices[0].finish_reason in ("length", "stop")
 
 
 def test_prompt_longer_than_the_context_is_400(client: openai.OpenAI, model: str) -> None:

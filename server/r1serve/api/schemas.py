@@ -1,12 +1,22 @@
-"""Request bodies, validated as OpenAI does; unknown fields are ignored, bad values are a 400."""
+"""Request bodies, validated as OpenAI does; unknown fields are ignored, bad values are a 400.
+
+OpenAI options this server does not implement (tool calling, log probabilities, structured output,
+best_of, suffix) are a 400 when asked for, not ignored: a client that asked would otherwise read an
+answer without them as if they had been honoured. Their "off" values (no tools, logprobs false, a
+text response format) pass, since many clients send every field.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 NonNegInt = Annotated[int, Field(ge=0)]
+
+
+def _unsupported(what: str, why: str = "") -> ValueError:
+    return ValueError(f"{what} is not supported by this server" + (f": {why}" if why else ""))
 
 
 class StreamOptions(BaseModel):
@@ -76,6 +86,14 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[dict] | None = None
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _no_tool_calls(cls, calls: list[dict] | None) -> list[dict] | None:
+        if calls:  # the prompt could not show them: the model would answer a conversation it never saw
+            raise _unsupported("tool calling")
+        return calls
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -86,6 +104,33 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    tool_choice: str | dict | None = None  # before tools: their validator reads it
+    tools: list[dict] | None = None
+    functions: list[dict] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    response_format: dict | None = None
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, tools: list[dict] | None, info: ValidationInfo) -> list[dict] | None:
+        if tools and info.data.get("tool_choice") != "none":
+            raise _unsupported("tool calling")
+        return tools
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | int | None) -> bool | int | None:
+        if value:
+            raise _unsupported("logprobs")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, fmt: dict | None) -> dict | None:
+        if fmt and fmt.get("type", "text") != "text":
+            raise _unsupported(f"response_format {fmt.get('type')!r}", "the model answers in free text")
+        return fmt
 
     @property
     def output_limit(self) -> int | None:
@@ -95,6 +140,30 @@ class ChatCompletionRequest(SamplingFields):
 class CompletionRequest(SamplingFields):
     prompt: str | list[NonNegInt] | list[str] = Field(description="one prompt: text or token ids")
     echo: bool = False
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: int | None) -> int | None:
+        if value is not None:
+            raise _unsupported("logprobs")
+        return value
+
+    @field_validator("best_of")
+    @classmethod
+    def _one_candidate(cls, value: int | None) -> int | None:
+        if value is not None and value != 1:
+            raise ValueError("only best_of=1 is supported")
+        return value
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, value: str | None) -> str | None:
+        if value:
+            raise _unsupported("suffix (insertion)")
+        return value
 
     @field_validator("prompt")
     @classmethod
