@@ -71,7 +71,7 @@ def _read_response(resp: Any, stream: bool, timing: Timing) -> str | None:
         return _read_stream(resp, timing)
     try:
         timing.tokens = resp.json()["usage"]["completion_tokens"]
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:  # TypeError: "usage": null
         return f"bad response body: {exc}"
     return None
 

@@ -44,8 +44,9 @@ class GitRepo:
         return cls(Path(result.stdout.strip()))
 
     def git(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        # A rebase must never stop to ask for a message; nothing here is interactive.
-        env = {**os.environ, "GIT_EDITOR": "true", "GIT_TERMINAL_PROMPT": "0"}
+        # A rebase must never stop to ask for a message; nothing here is interactive. Git's messages
+        # in English: some are read here (a missing remote branch, a lost push race).
+        env = {**os.environ, "GIT_EDITOR": "true", "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
         result = subprocess.run(["git", "-C", str(self.root), *args], capture_output=True, text=True, env=env)
         if check and result.returncode != 0:
             raise CommandError(f"git {args[0]} failed: {_last_line(result.stderr or result.stdout)}")

@@ -12,6 +12,7 @@ import argparse
 import csv
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -254,8 +255,8 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     from r1ops.analysis.spec import SpecError, parse_duration
     from r1ops.cli import CommandError
 
-    if ns.speed <= 0:
-        raise CommandError(f"--speed must be > 0, got {ns.speed:g}")
+    if not (math.isfinite(ns.speed) and ns.speed > 0):
+        raise CommandError(f"--speed must be a number > 0, got {ns.speed:g}")
     _terminate_on_sigterm()
     console = make_console()
     mode = "degraded canary (max_num_seqs=1)" if ns.degraded_canary else "healthy canary"

@@ -109,7 +109,8 @@ def test_a_part_that_does_not_start_is_one_line_and_stops_the_rest(cache: Path, 
     _assert_no_orphans([int(p) for p in re.findall(r"pid=(\d+)", text)])
 
 
-def test_demo_refuses_a_speed_that_is_not_positive(cache: Path) -> None:
-    with _r1ops(["demo", "--speed", "0"], cache, until="r1ops demo:") as (proc, text):
+@pytest.mark.parametrize("speed", ["0", "nan"])
+def test_demo_refuses_a_speed_that_is_not_positive(cache: Path, speed: str) -> None:
+    with _r1ops(["demo", "--speed", speed], cache, until="r1ops demo:") as (proc, text):
         assert proc.wait(timeout=30) == 1
-    assert text.strip() == "r1ops demo: --speed must be > 0, got 0"
+    assert text.strip() == f"r1ops demo: --speed must be a number > 0, got {speed}"

@@ -229,9 +229,12 @@ def test_the_off_values_of_unsupported_options_are_served(client: openai.OpenAI,
     resp = client.chat.completions.create(
         model=model, messages=MESSAGES, max_tokens=2, tools=[TOOL], tool_choice="none", logprobs=False,
         response_format={"type": "text"},
+        extra_body={"functions": [TOOL["function"]], "function_call": "none"},
     )  # fmt: skip
     assert resp.choices[0].finish_reason in ("length", "stop")
-    text = client.completions.create(model=model, prompt="The sea", max_tokens=2, best_of=1, suffix="")
+    text = client.completions.create(
+        model=model, prompt="The sea", max_tokens=2, best_of=1, suffix="", extra_body={"logprobs": False}
+    )
     assert text.choices[0].finish_reason in ("length", "stop")
 
 
@@ -253,11 +256,14 @@ def test_unknown_model_is_404(client: openai.OpenAI) -> None:
 
 
 def test_extreme_sampling_values_are_served(client: openai.OpenAI, model: str) -> None:
-    """A top_k past float32's range once failed the engine's step, and every running request with it."""
-    for extra in ({"top_k": 10**309}, {"temperature": 1e-40}, {"top_p": 1e-46}):
-        resp = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=3, extra_body=extra)
-        assert resp.choices[0].finish_reason in ("length", "stop"), extra
-    assert client.models.list().data  # the server is still up
+    """A top_k past float32's range once failed the engine's step, and every running request with it;
+    a vanishing temperature or top_p made every probability NaN, so every token was token 0."""
+    kw = {"model": model, "prompt": "The sea", "max_tokens": 6}
+    resp = client.completions.create(**kw, extra_body={**EXACT, "top_k": 10**309})
+    assert resp.choices[0].finish_reason == "length"
+    greedy = client.completions.create(**kw, temperature=0, extra_body=EXACT).choices[0].text
+    for extra in ({"temperature": 1e-40}, {"top_p": 1e-46}):
+        assert client.completions.create(**kw, extra_body={**EXACT, **extra}).choices[0].text == greedy
 
 
 def test_unknown_fields_are_ignored_and_null_means_unset(client: openai.OpenAI, model: str) -> None:
@@ -341,6 +347,12 @@ def test_a_body_over_the_limit_is_413_and_nothing_else_is_lost(start_server) -> 
         )
         assert chunked.status_code == 413
         assert chunked.json()["error"]["type"] == "invalid_request_error"
+        assert chunked.json()["error"]["code"] == "request_too_large"
+        # both refusals, the unread one included, count under the route the client called
+        metrics = httpx.get(f"{server.base_url}/metrics").text
+        counted = [line for line in metrics.splitlines() if line.startswith("inference_requests_total{")]
+        assert any('route="/v1/chat/completions"' in line and 'code="413"' in line and line.endswith(" 2.0")
+                   for line in counted), counted  # fmt: skip
         reply = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2)
         assert reply.choices[0].finish_reason in ("length", "stop")
 

@@ -196,6 +196,8 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
+            # a request refused before routing (a body over the limit) still counts under its route
+            route = getattr(scope.get("route"), "path", None)
+            route = route or (scope["path"] if scope["path"] in INFERENCE_ROUTES else "unmatched")
             status = scope.get(LATE_STATUS_KEY, status)
             self.metrics.observe_request(route, status, time.perf_counter() - start)

@@ -106,6 +106,7 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     tool_choice: str | dict | None = None  # before tools: their validator reads it
     tools: list[dict] | None = None
+    function_call: str | dict | None = None  # the same for the older functions
     functions: list[dict] | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
@@ -114,7 +115,8 @@ class ChatCompletionRequest(SamplingFields):
     @field_validator("tools", "functions")
     @classmethod
     def _no_tools(cls, tools: list[dict] | None, info: ValidationInfo) -> list[dict] | None:
-        if tools and info.data.get("tool_choice") != "none":
+        choice = info.data.get("tool_choice" if info.field_name == "tools" else "function_call")
+        if tools and choice != "none":
             raise _unsupported("tool calling")
         return tools
 
@@ -144,12 +146,13 @@ class CompletionRequest(SamplingFields):
     best_of: int | None = None
     suffix: str | None = None
 
-    @field_validator("logprobs")
+    @field_validator("logprobs", mode="before")
     @classmethod
-    def _no_logprobs(cls, value: int | None) -> int | None:
-        if value is not None:
+    def _no_logprobs(cls, value: object) -> None:
+        # false is off; 0 asks for the chosen tokens' log probabilities
+        if value is not None and value is not False:
             raise _unsupported("logprobs")
-        return value
+        return None
 
     @field_validator("best_of")
     @classmethod

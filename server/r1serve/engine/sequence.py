@@ -29,7 +29,8 @@ class SamplingParams:
     @cached_property
     def greedy(self) -> bool:
         # A temperature or top_p this small is greedy in effect, and in float32 (the sampler's settings)
-        # 1e-40 is 0: dividing by it, or a nucleus of 0, would make every probability NaN.
+        # dividing by a temperature of 1e-40 overflows to inf and a top_p of 1e-46 is 0: either made
+        # every probability NaN, and the token always 0.
         return self.temperature < SAMPLING_EPS or self.top_k == 1 or self.top_p < SAMPLING_EPS
 
     @cached_property
