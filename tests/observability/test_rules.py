@@ -127,3 +127,20 @@ def test_latency_objectives_are_the_gates_thresholds() -> None:
             assert not thresholds or overlay.name not in {"staging", "prod"}
     assert set(objectives) <= namespaces, "objective for a namespace no overlay renders"
     assert {"ai-inference-staging", "ai-inference-prod"} <= set(objectives)
+
+
+def test_start_up_budgets_are_the_overlays_startup_probes() -> None:
+    """InferencePodNotReady waits for a pod's start-up budget: the recorded one (30 min where none is
+    recorded) must be what its startupProbe allows, or a pod still loading pages someone."""
+    budgets = {
+        r["labels"]["namespace"]: float(r["expr"].removeprefix("vector(").removesuffix(")"))
+        for p in prometheus_rule_files()
+        for g in rule_groups(p)
+        for r in g["rules"]
+        if r.get("record") == "namespace:inference_pod_startup_budget_seconds"
+    }
+    for overlay in sorted(p.parent for p in (REPO / "overlays").glob("*/kustomization.yaml")):
+        rollout = find(kustomize(overlay), "Rollout", "deepseek-r1")
+        probe = rollout["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+        allowed = probe["failureThreshold"] * probe["periodSeconds"]
+        assert budgets.get(rollout["metadata"]["namespace"], 1800) == allowed, overlay.name
