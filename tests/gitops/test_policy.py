@@ -167,7 +167,7 @@ def _no_kernel_cache(objs: list[dict]) -> None:
         (_mislabel_service, "Service deepseek-r1 selector"),
         (_drop_arg, "inference-preview-load needs arg 'preview-url'"),
         (_drop_relabel, "no PodMonitor keeps rollouts_pod_template_hash"),
-        (_short_grace, "terminationGracePeriodSeconds 30 < preStop 10s + drain 30s"),
+        (_short_grace, "terminationGracePeriodSeconds 30 < preStop 10s + drain 300s"),
         (
             _root_job,
             "Job/ai-inference-prod/deepseek-r1-model-download: container download: allowPrivilegeEscalation",
