@@ -213,6 +213,24 @@ def test_bad_chat_requests_are_400(client: openai.OpenAI, model: str, kwargs: di
     assert err.value.body["message"] and err.value.body["type"] == "invalid_request_error"
 
 
+def test_a_prompt_that_is_not_unicode_is_400(live_server: ServerProcess, model: str) -> None:
+    """JSON can escape a lone surrogate (the openai client cannot even encode one; curl can)."""
+    text = '"a\\ud800b"'  # the six characters \ud800 inside a JSON string
+    for route, body, param in (
+        ("completions", f'{{"model": "{model}", "prompt": {text}, "max_tokens": 1}}', "prompt"),
+        (
+            "chat/completions",
+            f'{{"model": "{model}", "messages": [{{"role": "user", "content": {text}}}]}}',
+            "messages",
+        ),
+    ):
+        resp = httpx.post(
+            f"{live_server.base_url}/v1/{route}", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["param"] == param and "lone surrogate" in resp.json()["error"]["message"]
+
+
 def test_unsupported_completion_options_are_400(client: openai.OpenAI, model: str) -> None:
     for kwargs, param in (
         ({"logprobs": 2}, "logprobs"),

@@ -69,6 +69,16 @@ def _prompt(state: ServerState, body: ChatCompletionRequest) -> str:
         raise APIError(400, f"messages: {exc}", param="messages") from exc
 
 
+async def _encode(state: ServerState, text: str, param: str) -> list[int]:
+    """The prompt's token ids; a 400 for text that is not Unicode. JSON can carry a lone surrogate
+    ("\\ud800"), which the tokenizer refuses with a TypeError: a client's mistake, not a 500."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise APIError(400, f"{param} holds a lone surrogate at position {exc.start}", param=param) from exc
+    return await state.runner.tokenizer.encode_off_loop(text)
+
+
 async def _collect(request: Request, gen: Generation) -> str | Response:
     try:
         return await unless_disconnected(request, gen.text())
@@ -100,7 +110,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     state.require_ready()
     state.check_model(body.model)
     prompt = _prompt(state, body)
-    prompt_ids = await state.runner.tokenizer.encode_off_loop(prompt)
+    prompt_ids = await _encode(state, prompt, "messages")
     gen = Generation(
         state, prompt_ids, sampling_params(body, state, len(prompt_ids)), request.scope.get(ARRIVED_KEY)
     )
@@ -167,7 +177,7 @@ async def completions(body: CompletionRequest, request: Request):
     state.check_model(body.model)
     tokenizer = state.runner.tokenizer
     if isinstance(body.prompt, str):
-        prompt_ids = await tokenizer.encode_off_loop(body.prompt)
+        prompt_ids = await _encode(state, body.prompt, "prompt")
     else:
         check_token_ids(body.prompt, tokenizer.vocab_size, "prompt")
         prompt_ids = list(body.prompt)
