@@ -168,6 +168,7 @@ class IncrementalDetokenizer:
     # tokens of context kept before the unemitted ones: decoders that merge across tokens
     # (byte-level, leading-space handling) need a few neighbours to decode a suffix correctly
     _CONTEXT = 6
+    _MAX_HELD = 8
 
     def __init__(
         self, tokenizer: Tokenizer, prompt_ids: Sequence[int] = (), skip_special_tokens: bool = True
@@ -188,7 +189,11 @@ class IncrementalDetokenizer:
         self._generated.append(token_id)
         prefix_text = self._decode(self._ids[self._prefix : self._read])
         new_text = self._decode(self._ids[self._prefix :])
-        if len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd"):
+        incomplete = len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd")
+        # A character's bytes span at most 4 tokens (with room for skipped special tokens between
+        # them): past that the U+FFFD is in the text itself, and holding on would stall the stream
+        # and decode an ever longer window on the event loop.
+        if incomplete and len(self._ids) - self._read < self._MAX_HELD:
             return ""
         delta = new_text[len(prefix_text) :]
         self._prefix = max(self._read, len(self._ids) - self._CONTEXT)

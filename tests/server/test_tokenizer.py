@@ -156,6 +156,16 @@ def test_incremental_detokenizer_streams_whole_characters(tok: Tokenizer, text: 
     assert sum(1 for d in deltas if d) > 1  # it really streams
 
 
+def test_replacement_characters_in_the_text_stream_and_are_not_held_to_the_end(tok: Tokenizer) -> None:
+    """U+FFFD is also a character a model can write: a run of them once held every delta back until
+    the request ended, decoding a window that grew with each token (quadratic, on the event loop)."""
+    text = "broken: " + "\ufffd" * 300 + " end"
+    ids = tok.encode(text)
+    deltas, rest = _stream(tok, ids, [])
+    assert "".join(deltas) + rest == text
+    assert len("".join(deltas)) >= len(text) - 8 and sum(1 for d in deltas if d) > 10
+
+
 def test_incremental_detokenizer_property_on_random_tokens(tok: Tokenizer) -> None:
     """Arbitrary token sequences (split multi-byte characters, special tokens): the concatenated
     deltas always equal decode(all)."""
