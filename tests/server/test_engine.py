@@ -352,6 +352,54 @@ class StuckRunner:
         return self.runner.run(batch)
 
 
+class _ThreadKiller(BaseException):
+    """Not an Exception, so EngineCore's recovery does not catch it: what ends the engine thread."""
+
+
+class DyingRunner(StuckRunner):
+    """The real runner until `die` is set; then its step raises what ends the engine thread."""
+
+    def __init__(self, runner: ModelRunner) -> None:
+        super().__init__(runner)
+        self.die = threading.Event()
+
+    def run(self, batch: list) -> torch.Tensor:
+        if self.die.is_set():
+            raise _ThreadKiller("gone")
+        return self.runner.run(batch)
+
+
+def test_a_dead_engine_thread_fails_the_streams_instead_of_hanging(runner: ModelRunner) -> None:
+    failures: list[str] = []
+    dying = DyingRunner(runner)
+    threading_excepthook = threading.excepthook
+    threading.excepthook = lambda args: None  # the thread's death is the point: keep the log quiet
+
+    async def scenario() -> list[str]:
+        engine = AsyncEngine(engine_for(dying), max_queue=8, on_failure=failures.append)
+        engine.start(asyncio.get_running_loop())
+        errors = []
+        try:
+            stream = engine.add_request(
+                list(PROMPTS[0]), SamplingParams(max_tokens=40, ignore_eos=True), frozenset()
+            )
+            try:
+                async for _ in stream:
+                    dying.die.set()
+            except EngineError as exc:
+                errors.append(str(exc))
+            return errors
+        finally:
+            engine.stop()
+
+    try:
+        errors = asyncio.run(asyncio.wait_for(scenario(), timeout=60))
+    finally:
+        threading.excepthook = threading_excepthook
+    assert errors == ["the engine thread died: _ThreadKiller: gone"]
+    assert failures == errors
+
+
 def test_engine_failure_ends_every_stream_and_later_requests(runner: ModelRunner) -> None:
     """`fail` (a dead tensor-parallel rank, called from its monitor thread; the engine process calls it
     too): the stream in flight gets the error although the engine loop is stuck in a step, a later

@@ -284,7 +284,15 @@ class AsyncEngine(EngineClient):
             if not loop.is_closed():  # a forced exit closed it under this step; the loop stops next
                 loop.call_soon_threadsafe(self._deliver, events, stats)
 
-        EngineCore(self.engine).run(self._receive, emit)
+        try:
+            EngineCore(self.engine).run(self._receive, emit)
+        except BaseException as exc:
+            # EngineCore survives an Exception in a step; anything that still ends the thread (its own
+            # recovery failing, a BaseException) would leave every request waiting on a loop that is
+            # gone while /ready says 200: fail them all, and the server with them.
+            if not self._stopping:
+                self.fail(f"the engine thread died: {type(exc).__name__}: {exc}")
+            raise
 
     def _receive(self, block: bool) -> list[Command] | None:
         if block:
