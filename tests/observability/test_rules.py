@@ -108,14 +108,19 @@ def _gate_thresholds(rollout: dict) -> set[float]:
     return {float(a["value"]) for a in args if a["name"] == "p99-threshold-seconds"}
 
 
-def test_latency_objectives_are_the_gates_thresholds() -> None:
-    objectives = {
+def _per_namespace(record: str) -> dict[str, float]:
+    """namespace -> value of a per-environment constant recorded as `vector(N)` with a namespace label."""
+    return {
         r["labels"]["namespace"]: float(r["expr"].removeprefix("vector(").removesuffix(")"))
         for p in prometheus_rule_files()
         for g in rule_groups(p)
         for r in g["rules"]
-        if r.get("record") == "namespace:inference_latency_seconds:p99_objective"
+        if r.get("record") == record
     }
+
+
+def test_latency_objectives_are_the_gates_thresholds() -> None:
+    objectives = _per_namespace("namespace:inference_latency_seconds:p99_objective")
     namespaces = set()
     for overlay in sorted(p.parent for p in (REPO / "overlays").glob("*/kustomization.yaml")):
         rollout = find(kustomize(overlay), "Rollout", "deepseek-r1")
@@ -132,13 +137,7 @@ def test_latency_objectives_are_the_gates_thresholds() -> None:
 def test_start_up_budgets_are_the_overlays_startup_probes() -> None:
     """InferencePodNotReady waits for a pod's start-up budget: the recorded one (30 min where none is
     recorded) must be what its startupProbe allows, or a pod still loading pages someone."""
-    budgets = {
-        r["labels"]["namespace"]: float(r["expr"].removeprefix("vector(").removesuffix(")"))
-        for p in prometheus_rule_files()
-        for g in rule_groups(p)
-        for r in g["rules"]
-        if r.get("record") == "namespace:inference_pod_startup_budget_seconds"
-    }
+    budgets = _per_namespace("namespace:inference_pod_startup_budget_seconds")
     for overlay in sorted(p.parent for p in (REPO / "overlays").glob("*/kustomization.yaml")):
         rollout = find(kustomize(overlay), "Rollout", "deepseek-r1")
         probe = rollout["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
