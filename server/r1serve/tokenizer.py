@@ -189,15 +189,18 @@ class IncrementalDetokenizer:
         self._generated.append(token_id)
         prefix_text = self._decode(self._ids[self._prefix : self._read])
         new_text = self._decode(self._ids[self._prefix :])
-        incomplete = len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd")
-        # A character's bytes span at most 4 tokens (with room for skipped special tokens between
-        # them): past that the U+FFFD is in the text itself, and holding on would stall the stream
-        # and decode an ever longer window on the event loop.
-        if incomplete and len(self._ids) - self._read < self._MAX_HELD:
-            return ""
+        end = len(self._ids)
+        if len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd"):
+            if end - self._read < self._MAX_HELD:
+                return ""  # maybe the first bytes of a character the next tokens complete
+            # Held this long, the U+FFFD is in the text itself: holding on would stall the stream and
+            # decode an ever longer window on the event loop. Release all but the last 3 tokens,
+            # which hold the first bytes of any character still incomplete (4 bytes at most).
+            end -= 3
+            new_text = self._decode(self._ids[self._prefix : end])
         delta = new_text[len(prefix_text) :]
-        self._prefix = max(self._read, len(self._ids) - self._CONTEXT)
-        self._read = len(self._ids)
+        self._prefix = max(self._read, end - self._CONTEXT)
+        self._read = end
         self.text += delta
         return delta
 

@@ -29,6 +29,8 @@ _SOURCES = {
     "kubernetes/kube-state-metrics docs/metrics (pod, replicaset, horizontalpodautoscaler)": [
         "kube_pod_status_ready",
         "kube_pod_start_time",
+        "kube_pod_container_state_started",
+        "kube_pod_deletion_timestamp",
         "kube_pod_owner",
         "kube_replicaset_owner",
         "kube_horizontalpodautoscaler_status_desired_replicas",

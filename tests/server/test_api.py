@@ -229,6 +229,12 @@ def test_a_prompt_that_is_not_unicode_is_400(live_server: ServerProcess, model: 
         )
         assert resp.status_code == 400, resp.text
         assert resp.json()["error"]["param"] == param and "lone surrogate" in resp.json()["error"]["message"]
+    # an error that quotes the request back (an unknown model) must still be a JSON error, not a 500
+    body = '{"model": "m\\ud800", "prompt": "x"}'
+    resp = httpx.post(
+        f"{live_server.base_url}/v1/completions", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "model_not_found"
 
 
 def test_unsupported_completion_options_are_400(client: openai.OpenAI, model: str) -> None:

@@ -166,6 +166,14 @@ def test_replacement_characters_in_the_text_stream_and_are_not_held_to_the_end(t
     assert len("".join(deltas)) >= len(text) - 8 and sum(1 for d in deltas if d) > 10
 
 
+@pytest.mark.parametrize("run", [2, 5, 7, 10])
+def test_a_character_split_at_the_release_of_a_long_hold_is_kept(tok: Tokenizer, run: int) -> None:
+    """The forced release of a run of U+FFFD must not cut a real character that follows it in two."""
+    text = "\ufffd" * run + "\U0001f600 ok"
+    deltas, rest = _stream(tok, tok.encode(text), [])
+    assert "".join(deltas) + rest == text
+
+
 def test_incremental_detokenizer_property_on_random_tokens(tok: Tokenizer) -> None:
     """Arbitrary token sequences (split multi-byte characters, special tokens): the concatenated
     deltas always equal decode(all)."""

@@ -6,6 +6,7 @@ every client mistake to the right exception (400 -> BadRequestError) and nothing
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -46,9 +47,17 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
     return {"error": {"message": message, "type": _TYPES.get(status, "error"), "param": param, "code": code}}
 
 
+class _ASCIIJSONResponse(JSONResponse):
+    """JSON escaped to ASCII: an error may quote the request (a model name), and a lone surrogate in
+    it, valid JSON escaped, cannot be encoded as UTF-8: the error itself would become a 500."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
 def error_response(error: APIError) -> JSONResponse:
     headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
-    return JSONResponse(
+    return _ASCIIJSONResponse(
         error_body(error.status, error.message, error.param, error.code), error.status, headers=headers
     )
 

@@ -75,7 +75,7 @@ async def _encode(state: ServerState, text: str, param: str) -> list[int]:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise APIError(400, f"{param} holds a lone surrogate at position {exc.start}", param=param) from exc
+        raise APIError(400, f"{param} holds a lone surrogate: it is not valid Unicode", param=param) from exc
     return await state.runner.tokenizer.encode_off_loop(text)
 
 
